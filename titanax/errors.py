@@ -1,0 +1,149 @@
+"""Titanax's error types: every mistake a user can make has a class and a code.
+
+Errors are raised before any XLA compilation wherever possible. Each carries a
+stable code (``TX101``), a message that names the offending values, and a hint
+that says what to change. Validation passes collect :class:`Diagnostic` records
+and raise them together, so one run reports every problem at once.
+
+This module imports nothing from JAX: the front end, the IR and the passes use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = [
+    "Diagnostic",
+    "Location",
+    "TitanaxError",
+    "MeshError",
+    "PlanError",
+    "BatchError",
+    "OptimizerError",
+    "StepFnError",
+    "IRVerificationError",
+    "error_class_for_code",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Location:
+    """Where a plan element came from: a file position, or ``None`` for Python objects."""
+
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Diagnostic:
+    """One problem found in a plan: a code, what is wrong, and how to fix it."""
+
+    code: str
+    """Stable error code such as ``TX103``; ``docs/errors.md`` lists them all."""
+    message: str
+    """What is wrong, naming the offending values."""
+    hint: str = ""
+    """What to change so the problem goes away."""
+    location: Location | None = None
+    """Source position of the offending element, when it came from a file."""
+
+    def render(self) -> str:
+        """Return the diagnostic as ``[path:line:col: ]error[CODE]: message`` plus its hint."""
+        where = f"{self.location}: " if self.location else ""
+        text = f"{where}error[{self.code}]: {self.message}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class TitanaxError(Exception):
+    """Base class of every error Titanax raises for bad user input.
+
+    ``diagnostics`` holds each problem found; ``code`` is the first one's code.
+    """
+
+    code_prefix: ClassVar[str] = "TX0"
+
+    def __init__(self, diagnostics: Diagnostic | Sequence[Diagnostic]):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = (diagnostics,)
+        self.diagnostics: tuple[Diagnostic, ...] = tuple(diagnostics)
+        if not self.diagnostics:
+            raise ValueError("TitanaxError needs at least one diagnostic")
+        super().__init__("\n".join(d.render() for d in self.diagnostics))
+
+    @property
+    def code(self) -> str:
+        """The code of the first diagnostic."""
+        return self.diagnostics[0].code
+
+    @classmethod
+    def single(cls, code: str, message: str, hint: str = "") -> TitanaxError:
+        """Build an error of this class holding one diagnostic."""
+        return cls(Diagnostic(code=code, message=message, hint=hint))
+
+    @staticmethod
+    def from_diagnostics(diagnostics: Iterable[Diagnostic]) -> TitanaxError:
+        """Build the error for a batch of diagnostics; its class follows the first code."""
+        diagnostics = tuple(diagnostics)
+        return error_class_for_code(diagnostics[0].code)(diagnostics)
+
+
+class MeshError(TitanaxError):
+    """The mesh is malformed or does not fit the devices (codes TX1xx)."""
+
+    code_prefix = "TX1"
+
+
+class PlanError(TitanaxError):
+    """A parallel plan refers to missing axes or combines dimensions wrongly (TX2xx)."""
+
+    code_prefix = "TX2"
+
+
+class BatchError(TitanaxError):
+    """A batch cannot be split as the plan requires (TX3xx)."""
+
+    code_prefix = "TX3"
+
+
+class OptimizerError(TitanaxError):
+    """The optimizer is not an optax gradient transformation (TX4xx)."""
+
+    code_prefix = "TX4"
+
+
+class StepFnError(TitanaxError):
+    """A step function misuses the training state (TX5xx)."""
+
+    code_prefix = "TX5"
+
+
+class IRVerificationError(TitanaxError):
+    """The plan IR broke a structural invariant: a bug in a pass, not in user input (TX9xx)."""
+
+    code_prefix = "TX9"
+
+
+_CLASSES: tuple[type[TitanaxError], ...] = (
+    MeshError,
+    PlanError,
+    BatchError,
+    OptimizerError,
+    StepFnError,
+    IRVerificationError,
+)
+
+
+def error_class_for_code(code: str) -> type[TitanaxError]:
+    """Return the error class that owns ``code`` (by its ``TXn`` prefix)."""
+    for cls in _CLASSES:
+        if code.startswith(cls.code_prefix):
+            return cls
+    return TitanaxError

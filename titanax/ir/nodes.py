@@ -1,0 +1,208 @@
+"""The node and edge types of the plan IR.
+
+Every node is a frozen keyword-only dataclass; its fields are its attributes and
+are printed in declaration order. Edges carry one :class:`EdgeKind`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from titanax.errors import Location
+
+__all__ = [
+    "AxisNode",
+    "CollectiveNode",
+    "DataParallelNode",
+    "EdgeKind",
+    "MeshNode",
+    "Node",
+    "NodeKind",
+    "ScheduleOpNode",
+    "ShardRuleNode",
+    "StageNode",
+    "UNRESOLVED_SIZE",
+    "COLLECTIVE_OPS",
+    "EDGE_RULES",
+]
+
+UNRESOLVED_SIZE = -1
+"""Size of an axis not yet inferred from the device count."""
+
+COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
+"""Collective operations, named as XLA names them in compiled HLO."""
+
+
+class NodeKind(StrEnum):
+    """What a node stands for; the printer orders nodes by this enum's order."""
+
+    MESH = "mesh"
+    AXIS = "axis"
+    PARALLEL_DIM = "parallel_dim"
+    SHARD_RULE = "shard_rule"
+    STAGE = "stage"
+    COLLECTIVE = "collective"
+    SCHEDULE_OP = "schedule_op"
+
+
+class EdgeKind(StrEnum):
+    """What an edge means."""
+
+    HAS_AXIS = "has_axis"
+    """mesh -> axis: the mesh is made of this axis."""
+    OVER = "over"
+    """parallel dim / shard rule / collective -> axis: it partitions or communicates over the axis."""
+    REQUIRES = "requires"
+    """parallel dim -> collective: the dimension needs this collective in every step."""
+    NEXT = "next"
+    """stage -> stage, schedule op -> schedule op: ordering."""
+    RUNS = "runs"
+    """schedule op -> stage: the op executes on that stage."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Node:
+    """Base of every IR node; ``location`` points at the source that produced it."""
+
+    kind: ClassVar[NodeKind]
+    type_name: ClassVar[str]
+    location: Location | None = None
+
+    def attributes(self) -> dict[str, Any]:
+        """The node's printed attributes, in declaration order, without its location."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "location"}
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The mesh axes this node refers to by name (empty for most kinds)."""
+        return ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeshNode(Node):
+    """The device mesh: which devices, how many."""
+
+    kind = NodeKind.MESH
+    type_name = "mesh"
+    devices: str
+    """``"all"``, ``"count"``, ``"list"`` or a platform name."""
+    device_count: int | None
+    """Number of devices, once known (from the spec or the target)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AxisNode(Node):
+    """One named mesh axis."""
+
+    kind = NodeKind.AXIS
+    type_name = "axis"
+    name: str
+    size: int
+    """Devices along the axis; ``-1`` until inferred."""
+    position: int
+    """0 for the outermost axis."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataParallelNode(Node):
+    """Data parallelism over ``axes``: batch sharded, gradients averaged."""
+
+    kind = NodeKind.PARALLEL_DIM
+    type_name = "parallel_dim.data"
+    axes: tuple[str, ...]
+    accumulate_steps: int = 1
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The node's ``axes``."""
+        return self.axes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardRuleNode(Node):
+    """How parameters whose path matches ``pattern`` are laid out on the mesh."""
+
+    kind = NodeKind.SHARD_RULE
+    type_name = "shard_rule"
+    pattern: str
+    """Glob over ``/``-joined parameter paths."""
+    role: str
+    """``replicated``, ``column``, ``row`` or ``spec``."""
+    spec: tuple[str | None, ...] = ()
+    """Per-dimension axis names for ``role == "spec"``."""
+    axes: tuple[str, ...] = ()
+    """Axes the matching parameters are sharded over."""
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The node's ``axes``."""
+        return self.axes
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageNode(Node):
+    """A pipeline stage: a named range of layers placed on one index of the pipeline axis."""
+
+    kind = NodeKind.STAGE
+    type_name = "stage"
+    index: int
+    layers: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectiveNode(Node):
+    """A collective the compiled step performs, inserted by a pass or traced from user code."""
+
+    kind = NodeKind.COLLECTIVE
+    type_name = "collective"
+    name: str
+    op: str
+    """One of :data:`COLLECTIVE_OPS`."""
+    reduction: str | None
+    """``mean`` or ``sum`` for reductions, else ``None``."""
+    axes: tuple[str, ...]
+    operand: str
+    """What is communicated: ``gradients``, ``metrics``, ``activations``..."""
+    origin: str
+    """``lowering`` (inserted by Titanax) or ``user`` (traced from the step function)."""
+    group_size: int
+    """Devices taking part in each group; 1 means XLA removes the collective."""
+    payload_bytes: int | None = None
+    """Bytes communicated per step per device, once the shapes are known."""
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The node's ``axes``."""
+        return self.axes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleOpNode(Node):
+    """One cell of a pipeline schedule: at ``tick``, ``stage`` runs ``op`` on a microbatch."""
+
+    kind = NodeKind.SCHEDULE_OP
+    type_name = "schedule_op"
+    tick: int
+    stage: int
+    op: str
+    """``forward`` or ``backward``."""
+    microbatch: int
+
+
+EDGE_RULES: dict[EdgeKind, frozenset[tuple[NodeKind, NodeKind]]] = {
+    EdgeKind.HAS_AXIS: frozenset({(NodeKind.MESH, NodeKind.AXIS)}),
+    EdgeKind.OVER: frozenset(
+        {
+            (NodeKind.PARALLEL_DIM, NodeKind.AXIS),
+            (NodeKind.SHARD_RULE, NodeKind.AXIS),
+            (NodeKind.COLLECTIVE, NodeKind.AXIS),
+            (NodeKind.STAGE, NodeKind.AXIS),
+        }
+    ),
+    EdgeKind.REQUIRES: frozenset({(NodeKind.PARALLEL_DIM, NodeKind.COLLECTIVE)}),
+    EdgeKind.NEXT: frozenset({(NodeKind.STAGE, NodeKind.STAGE), (NodeKind.SCHEDULE_OP, NodeKind.SCHEDULE_OP)}),
+    EdgeKind.RUNS: frozenset({(NodeKind.SCHEDULE_OP, NodeKind.STAGE)}),
+}
+"""Which (source kind, target kind) pairs each edge kind may connect."""

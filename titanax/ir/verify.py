@@ -1,0 +1,107 @@
+"""Structural invariants of the plan IR, checked after every pass.
+
+A failure here is a bug in a pass or a builder, never a user mistake: user
+mistakes (an unknown axis, a wrong size) are reported by validation passes.
+References by name that do not resolve are therefore allowed; references that
+do resolve must be mirrored by edges, and edges must agree with the fields.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from titanax.errors import Diagnostic, IRVerificationError
+from titanax.ir.graph import PlanIR
+from titanax.ir.nodes import (
+    COLLECTIVE_OPS,
+    EDGE_RULES,
+    UNRESOLVED_SIZE,
+    AxisNode,
+    CollectiveNode,
+    EdgeKind,
+    MeshNode,
+    Node,
+)
+
+__all__ = ["verify_ir"]
+
+
+def _problem(message: str) -> Diagnostic:
+    return Diagnostic(code="TX901", message=message, hint="this is a Titanax bug; please report it with the IR dump")
+
+
+def _check_edges(ir: PlanIR) -> list[Diagnostic]:
+    problems = []
+    for source, target, kind in ir.edges():
+        pair = (ir.node(source).kind, ir.node(target).kind)
+        if pair not in EDGE_RULES[kind]:
+            problems.append(_problem(f"edge %{source} -{kind}-> %{target} joins {pair[0]} to {pair[1]}"))
+    return problems
+
+
+def _check_mesh_and_axes(ir: PlanIR) -> list[Diagnostic]:
+    problems = []
+    meshes = [node_id for node_id, _ in ir.items(MeshNode)]
+    if len(meshes) != 1:
+        return [_problem(f"the IR must have exactly one mesh node, found {len(meshes)}")]
+    axes = list(ir.items(AxisNode))
+    positions = sorted(axis.position for _, axis in axes)
+    if positions != list(range(len(axes))):
+        problems.append(_problem(f"axis positions must be 0..{len(axes) - 1}, found {positions}"))
+    for node_id, axis in axes:
+        if ir.sources(node_id, EdgeKind.HAS_AXIS) != meshes:
+            problems.append(_problem(f"axis %{node_id} must belong to the mesh by one has_axis edge"))
+        # Sizes below 1 are a user error that check-mesh reports; a non-integer is a builder bug.
+        if not isinstance(axis.size, int):
+            problems.append(_problem(f"axis %{node_id} has a non-integer size {axis.size!r}"))
+    mesh = ir.mesh()
+    if mesh.device_count is not None and mesh.device_count < 1:
+        problems.append(_problem(f"mesh device_count must be positive, got {mesh.device_count}"))
+    return problems
+
+
+def _check_axis_references(ir: PlanIR, node_id: str, node: Node) -> list[Diagnostic]:
+    expected = sorted({ir.axis_id(name) for name in node.axis_names} - {None})
+    actual = ir.targets(node_id, EdgeKind.OVER)
+    if expected != actual:
+        return [_problem(f"%{node_id} names axes {node.axis_names} but its over edges reach {actual}")]
+    return []
+
+
+def _check_collective(ir: PlanIR, node_id: str, node: CollectiveNode) -> list[Diagnostic]:
+    problems = []
+    if node.op not in COLLECTIVE_OPS:
+        problems.append(_problem(f"collective %{node_id} has unknown op {node.op!r}; known: {COLLECTIVE_OPS}"))
+    if node.origin not in ("lowering", "user"):
+        problems.append(_problem(f"collective %{node_id} has unknown origin {node.origin!r}"))
+    if node.origin == "lowering" and not ir.sources(node_id, EdgeKind.REQUIRES):
+        problems.append(_problem(f"collective %{node_id} was inserted by a pass but no dimension requires it"))
+    sizes = ir.axis_sizes()
+    if all(sizes.get(a, UNRESOLVED_SIZE) > 0 for a in node.axes):
+        expected = 1
+        for axis in node.axes:
+            expected *= sizes[axis]
+        if node.group_size != expected:
+            problems.append(_problem(f"collective %{node_id} has group_size {node.group_size}, axes give {expected}"))
+    return problems
+
+
+def verify_ir(ir: PlanIR, *, after: str = "build") -> None:
+    """Raise :class:`IRVerificationError` if ``ir`` breaks a structural invariant.
+
+    ``after`` names the pass that just ran, so the message points at the culprit.
+    """
+    problems = _check_edges(ir) + _check_mesh_and_axes(ir)
+    for node_id, node in ir.items():
+        problems += _check_axis_references(ir, node_id, node)
+        if isinstance(node, CollectiveNode):
+            problems += _check_collective(ir, node_id, node)
+    next_graph = ir.graph.edge_subgraph((s, t) for s, t, k in ir.edges(EdgeKind.NEXT))
+    if not nx.is_directed_acyclic_graph(next_graph):
+        problems.append(_problem("next edges between stages or schedule ops form a cycle"))
+    if problems:
+        prefixed = [
+            Diagnostic(code=p.code, message=f"IR invalid after pass '{after}': {p.message}", hint=p.hint)
+            for p in problems
+        ]
+        raise IRVerificationError(prefixed)

@@ -1,0 +1,84 @@
+"""The step context: how ``state.apply_gradients`` inside a traced step reaches the lowering.
+
+While the lowering traces a user's step function, a :class:`StepContext` is
+active. ``TrainState.apply_gradients`` hands its gradients to it, and the
+context decides what happens: synchronise them with the IR's collectives and
+apply the optimizer (one microbatch), or only record them (accumulation).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import jax
+
+from titanax.errors import StepFnError
+
+__all__ = ["StepContext", "StepState", "active_step_context"]
+
+
+class StepState(Protocol):
+    """What the lowering needs from a training state."""
+
+    params: Any
+
+    def replace(self, **changes: Any) -> StepState:
+        """Return a copy with ``changes`` applied."""
+        ...
+
+    def apply_update(self, grads: Any) -> StepState:
+        """Apply already-synchronised gradients with the optimizer, communicating nothing."""
+        ...
+
+
+_ACTIVE: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("titanax_step", default=None)
+
+
+def active_step_context() -> StepContext | None:
+    """The context of the step being traced, or ``None`` outside a compiled step."""
+    return _ACTIVE.get()
+
+
+class StepContext:
+    """Receives the gradients of one trace of the user's step function."""
+
+    def __init__(self, *, state: StepState, sync: Callable[[Any], Any], accumulate: bool):
+        self._state = state
+        self._sync = sync
+        self._accumulate = accumulate
+        self.grads: Any = None
+        self.result: StepState | None = None
+        self.called = False
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[StepContext]:
+        """Make this the context ``apply_gradients`` talks to, for the duration of the block."""
+        token = _ACTIVE.set(self)
+        try:
+            yield self
+        finally:
+            _ACTIVE.reset(token)
+
+    def apply_gradients(self, seen_state: StepState, grads: Any) -> StepState:
+        """Take the step's gradients; return the state the user's function should see next."""
+        if self.called:
+            raise StepFnError.single(
+                "TX501",
+                "state.apply_gradients was called twice in one step",
+                "compute all gradients first, then call apply_gradients once per step",
+            )
+        expected, got = jax.tree.structure(self._state.params), jax.tree.structure(grads)
+        if expected != got:
+            raise StepFnError.single(
+                "TX502",
+                f"gradients do not match the parameters: params are {expected}, grads are {got}",
+                "differentiate with respect to state.params, e.g. jax.grad(loss)(state.params)",
+            )
+        self.called, self.grads = True, grads
+        if self._accumulate:
+            return seen_state
+        self.result = self._state.apply_update(self._sync(grads))
+        return self.result

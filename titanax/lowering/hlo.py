@@ -1,0 +1,63 @@
+"""Read the collectives out of compiled HLO text, to audit them against the IR."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from titanax.ir import COLLECTIVE_OPS
+
+__all__ = ["HloCollective", "collectives_in_hlo", "shape_bytes"]
+
+_DTYPE_BYTES = {
+    "pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1,
+    "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+    "s32": 4, "u32": 4, "f32": 4,
+    "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16,
+}  # fmt: skip
+_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
+_OPS = "|".join(re.escape(op) for op in COLLECTIVE_OPS)
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(" + _OPS + r")(?:-start)?\(")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HloCollective:
+    """One collective instruction found in compiled HLO."""
+
+    op: str
+    """XLA's name, e.g. ``all-reduce``."""
+    result_bytes: int
+    """Bytes of the instruction's result (all tuple elements together)."""
+    computation: str
+    """The HLO computation holding it; loop bodies are computations of their own."""
+    entry: bool
+    """True when it sits in the entry computation, not inside a loop or call."""
+
+
+def shape_bytes(shape_text: str) -> int:
+    """Bytes of every array shape written in ``shape_text`` (e.g. ``(f32[3,2], f32[])``)."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(shape_text):
+        total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def collectives_in_hlo(hlo_text: str) -> list[HloCollective]:
+    """Every collective in ``hlo_text`` (as from ``compiled.as_text()``), in order."""
+    found = []
+    computation, entry = "", False
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line)
+        if header and "=" not in line.split("{")[0]:
+            computation, entry = header.group(1), line.startswith("ENTRY")
+            continue
+        match = _INSTRUCTION.match(line)
+        if match:
+            found.append(
+                HloCollective(
+                    op=match.group(2), result_bytes=shape_bytes(match.group(1)), computation=computation, entry=entry
+                )
+            )
+    return found

@@ -1,0 +1,40 @@
+"""Turn the IR's mesh into a ``jax.sharding.Mesh`` with explicit axis types."""
+
+from __future__ import annotations
+
+import jax
+from jax.sharding import AxisType, Mesh
+
+from titanax.errors import MeshError
+from titanax.frontend import MeshSpec
+from titanax.ir import PlanIR
+
+__all__ = ["available_devices", "make_jax_mesh"]
+
+
+def available_devices(spec: MeshSpec) -> list[jax.Device]:
+    """The devices ``spec`` may draw from: its explicit list, a platform's devices, or all."""
+    if spec.device_list is not None:
+        return list(spec.device_list)
+    if spec.platform is not None:
+        try:
+            return list(jax.devices(spec.platform))
+        except RuntimeError as err:
+            raise MeshError.single(
+                "TX109",
+                f"MeshSpec(devices={spec.platform!r}): JAX has no '{spec.platform}' devices ({err})",
+                f"use devices=None for the default backend ({jax.default_backend()})",
+            ) from None
+    return list(jax.devices())
+
+
+def make_jax_mesh(ir: PlanIR, spec: MeshSpec) -> Mesh:
+    """Build the mesh the IR describes, on the first ``device_count`` devices of ``spec``."""
+    axes = ir.axes()
+    devices = available_devices(spec)[: ir.mesh().device_count]
+    return jax.make_mesh(
+        tuple(a.size for a in axes),
+        tuple(a.name for a in axes),
+        axis_types=(AxisType.Explicit,) * len(axes),
+        devices=devices,
+    )

@@ -1,0 +1,171 @@
+"""Lower a user's step function under a compiled plan: one ``jit`` of one ``shard_map``.
+
+The program, per device:
+
+1. parameters are marked varying over the DP axes (so autodiff adds no hidden
+   reduction);
+2. the user's function runs on the local batch shard, once or once per
+   microbatch inside a ``lax.scan`` when ``accumulate_steps > 1``;
+3. the gradients pass through the IR's gradient collectives (one all-reduce
+   mean over the DP axes), the optimizer runs on replicated values, and the
+   metrics pass through the IR's metric collectives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+
+from titanax.errors import BatchError, Diagnostic, StepFnError
+from titanax.ir import PlanIR
+from titanax.lowering.collectives import emit_collectives, make_varying
+from titanax.lowering.context import StepContext, StepState
+
+__all__ = ["CompiledStep", "replicated_spec"]
+
+P = jax.P
+
+UserStep = Callable[[Any, Any], tuple[Any, Any]]
+
+
+def replicated_spec(ndim: int) -> jax.sharding.PartitionSpec:
+    """The spec of a replicated array, written with one ``None`` per dimension.
+
+    Step outputs come back with this full-rank form; putting inputs in the same
+    form keeps the second call from recompiling.
+    """
+    return P(*([None] * ndim))
+
+
+def _path_text(path: tuple[Any, ...]) -> str:
+    return jax.tree_util.keystr(path) or "<batch>"
+
+
+class CompiledStep:
+    """A user step function lowered under one IR and mesh; call it like the function."""
+
+    def __init__(self, fn: UserStep, ir: PlanIR, mesh: Mesh, *, donate_state: bool):
+        dp = ir.data_parallel()
+        self.fn = fn
+        self.ir = ir
+        self.mesh = mesh
+        self.dp_axes: tuple[str, ...] = dp.axes if dp else ()
+        self.dp_size = math.prod(mesh.shape[a] for a in self.dp_axes)
+        self.accumulate_steps = dp.accumulate_steps if dp else 1
+        self._grad_collectives = ir.collectives("gradients")
+        self._metric_collectives = ir.collectives("metrics")
+        batch_spec = P(self.dp_axes) if self.dp_axes else P()
+        self.batch_sharding = NamedSharding(mesh, batch_spec)
+        program = jax.shard_map(self._body, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=True)
+        self._jitted = jax.jit(program, donate_argnums=(0,) if donate_state else ())
+        self._checked_batches: set[Any] = set()
+
+    # -- call path --------------------------------------------------------
+    def __call__(self, state: Any, batch: Any) -> tuple[Any, Any]:
+        """Run one step: ``(state, batch) -> (new_state, metrics)``."""
+        return self._jitted(state, self.place_batch(batch))
+
+    def lower(self, state: Any, batch: Any) -> jax.stages.Lowered:
+        """Return JAX's ``Lowered`` for this step, for HLO, cost and memory analysis."""
+        return self._jitted.lower(state, self.place_batch(batch))
+
+    def eval_shape(self, state: Any, batch: Any) -> Any:
+        """Shapes and dtypes of ``(new_state, metrics)``, without running the step."""
+        return jax.eval_shape(self._jitted, state, self.place_batch(batch))
+
+    def cache_size(self) -> int:
+        """How many programs JAX has compiled for this step (1 in steady state)."""
+        return self._jitted._cache_size()
+
+    def place_batch(self, batch: Any) -> Any:
+        """Check the batch splits as the plan requires, then shard it over the DP axes.
+
+        Under an explicit mesh ``jit`` does not move uncommitted inputs to match
+        ``in_specs``, so the step places the batch itself.
+        """
+        leaves, treedef = jax.tree.flatten(batch)
+        signature = (treedef, tuple(jnp.shape(x) for x in leaves))
+        if signature not in self._checked_batches:
+            self._check_batch(batch)
+            self._checked_batches.add(signature)
+        return jax.device_put(batch, self.batch_sharding)
+
+    def _check_batch(self, batch: Any) -> None:
+        problems = []
+        per_device = self.dp_size * self.accumulate_steps
+        for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+            shape = jnp.shape(leaf)
+            where = f"batch leaf {_path_text(path)} with shape {shape}"
+            if self.dp_axes and not shape:
+                problems.append(
+                    (
+                        "TX303",
+                        f"{where} is a scalar; data parallelism splits dimension 0",
+                        "give every batch leaf a leading batch dimension",
+                    )
+                )
+            elif self.dp_axes and shape[0] % self.dp_size:
+                lower = shape[0] // self.dp_size * self.dp_size
+                problems.append(
+                    (
+                        "TX301",
+                        f"{where}: dimension 0 ({shape[0]}) is not divisible by the DP size {self.dp_size} "
+                        f"(axes {self.dp_axes})",
+                        f"use a batch size that is a multiple of {self.dp_size}, e.g. {lower or self.dp_size} or {lower + self.dp_size}",
+                    )
+                )
+            elif shape and shape[0] % per_device:
+                problems.append(
+                    (
+                        "TX302",
+                        f"{where}: each device's {shape[0] // max(self.dp_size, 1)} examples do not split into "
+                        f"accumulate_steps={self.accumulate_steps} microbatches",
+                        f"use a batch size that is a multiple of {per_device} (DP size x accumulate_steps)",
+                    )
+                )
+        if problems:
+            raise BatchError([Diagnostic(code=c, message=m, hint=h) for c, m, h in problems])
+
+    # -- the per-device program -------------------------------------------
+    def _sync_gradients(self, grads: Any) -> Any:
+        return emit_collectives(self._grad_collectives, grads)
+
+    def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
+        seen = state.replace(params=make_varying(state.params, self.dp_axes))
+        if self.accumulate_steps == 1:
+            ctx = StepContext(state=state, sync=self._sync_gradients, accumulate=False)
+            with ctx.active():
+                _, metrics = self.fn(seen, batch)
+            new_state = ctx.result if ctx.called else state
+        else:
+            new_state, metrics = self._accumulated(state, seen, batch)
+        return new_state, emit_collectives(self._metric_collectives, metrics)
+
+    def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any]:
+        k = self.accumulate_steps
+        micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+
+        def one_microbatch(grad_sum: Any, microbatch: Any) -> tuple[Any, Any]:
+            ctx = StepContext(state=state, sync=self._sync_gradients, accumulate=True)
+            with ctx.active():
+                _, metrics = self.fn(seen, microbatch)
+            if not ctx.called:
+                raise StepFnError.single(
+                    "TX504",
+                    f"accumulate_steps={k} needs the step function to call state.apply_gradients",
+                    "call state.apply_gradients(grads=...) in the step, or use accumulate_steps=1",
+                )
+            return jax.tree.map(jnp.add, grad_sum, ctx.grads), metrics
+
+        # zeros_like of a varying value is varying, as a scan carry must be here.
+        zeros = jax.tree.map(jnp.zeros_like, seen.params)
+        grad_sum, metrics = lax.scan(one_microbatch, zeros, micro)
+        grads = jax.tree.map(lambda g: g / k, grad_sum)
+        new_state = state.apply_update(self._sync_gradients(grads))
+        return new_state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)

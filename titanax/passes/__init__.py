@@ -1,0 +1,37 @@
+"""Passes over the plan IR: validation, rewriting, and the pipeline that runs them.
+
+Importing this package registers every pass in :data:`PASS_REGISTRY`. Nothing
+here imports JAX.
+"""
+
+from titanax.passes.annotate_payloads import AnnotatePayloads
+from titanax.passes.base import PASS_REGISTRY, Pass, PassContext, Target, register_pass
+from titanax.passes.check_mesh import CheckMesh
+from titanax.passes.check_parallel_axes import CheckParallelAxes
+from titanax.passes.compile import DEFAULT_PASSES, compile_plan, passes_by_name
+from titanax.passes.infer_mesh_shape import InferMeshShape
+from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
+from titanax.passes.pipeline import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
+
+__all__ = [
+    "DEFAULT_PASSES",
+    "GRADIENT_SYNC",
+    "METRIC_REDUCE",
+    "PASS_REGISTRY",
+    "AnnotatePayloads",
+    "CheckMesh",
+    "CheckParallelAxes",
+    "InferMeshShape",
+    "InsertDPCollectives",
+    "Pass",
+    "PassContext",
+    "PassEvent",
+    "PassPipeline",
+    "PassTimings",
+    "Target",
+    "compile_plan",
+    "passes_by_name",
+    "print_after_each",
+    "register_pass",
+    "verify_after_each",
+]

@@ -1,0 +1,100 @@
+"""``check-mesh``: reject meshes whose axes are malformed or do not fit the devices."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from titanax.ir import AxisNode, PlanIR
+from titanax.ir.nodes import UNRESOLVED_SIZE
+from titanax.passes.base import Pass, PassContext, register_pass
+
+__all__ = ["CheckMesh", "available_device_count"]
+
+
+def available_device_count(ir: PlanIR, ctx: PassContext) -> int | None:
+    """Devices the mesh will use: the count the spec asks for, else what the target has."""
+    return ir.mesh().device_count or ctx.target.device_count
+
+
+def _shape_text(axes: list[AxisNode]) -> str:
+    return ", ".join(f"{a.name}={a.size}" for a in axes)
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class CheckMesh(Pass):
+    """Validate axis names and sizes against each other and against the device count.
+
+    Rejects: a repeated axis name (TX101), a size below 1 other than ``-1``
+    (TX102), sizes whose product is not the device count (TX103), asking for
+    more devices than exist (TX104), more than one inferred size (TX106), and
+    an inferred size with no device count to infer it from (TX107).
+    """
+
+    name = "check-mesh"
+    validates = True
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Report every mesh problem into ``ctx``."""
+        axes = ir.axes()
+        seen: set[str] = set()
+        for axis in axes:
+            if axis.name in seen:
+                ctx.error(
+                    "TX101",
+                    f"mesh axis '{axis.name}' appears more than once in ({', '.join(a.name for a in axes)})",
+                    "give every axis its own name",
+                    axis.location,
+                )
+            seen.add(axis.name)
+            if axis.size < 1 and axis.size != UNRESOLVED_SIZE:
+                ctx.error(
+                    "TX102",
+                    f"mesh axis '{axis.name}' has size {axis.size}; sizes must be >= 1 (or -1 to infer)",
+                    "use a positive size, or -1 for one axis to take the remaining devices",
+                    axis.location,
+                )
+        self._check_device_count(ir, ctx, axes)
+
+    def _check_device_count(self, ir: PlanIR, ctx: PassContext, axes: list[AxisNode]) -> None:
+        requested, available = ir.mesh().device_count, ctx.target.device_count
+        if requested is not None and available is not None and requested > available:
+            ctx.error(
+                "TX104",
+                f"the mesh asks for {requested} devices but only {available} are available",
+                f"use at most {available} devices, or run on a machine with more",
+            )
+            return
+        inferred = [a for a in axes if a.size == UNRESOLVED_SIZE]
+        fixed = math.prod(a.size for a in axes if a.size != UNRESOLVED_SIZE)
+        if len(inferred) > 1:
+            ctx.error(
+                "TX106",
+                f"mesh axes {[a.name for a in inferred]} all have size -1; at most one size can be inferred",
+                "give every axis but one an explicit size",
+            )
+            return
+        if any(a.size < 1 and a.size != UNRESOLVED_SIZE for a in axes):
+            return  # TX102 already explains the real problem
+        count = available_device_count(ir, ctx)
+        if count is None:
+            if inferred:
+                ctx.error(
+                    "TX107",
+                    f"cannot infer the size of mesh axis '{inferred[0].name}' without a device count",
+                    "give the axis an explicit size, or compile with a target device count",
+                )
+            return
+        if inferred and count % fixed:
+            ctx.error(
+                "TX103",
+                f"{count} devices do not divide among the fixed mesh axes ({_shape_text(axes)}), product {fixed}",
+                f"choose fixed sizes whose product divides {count}",
+            )
+        elif not inferred and fixed != count:
+            ctx.error(
+                "TX103",
+                f"mesh axis sizes ({_shape_text(axes)}) multiply to {fixed} but there are {count} devices",
+                f"choose sizes whose product is {count}, or pass devices={fixed} to use only {fixed} devices",
+            )

@@ -1,0 +1,60 @@
+"""``check-parallel-axes``: every parallel dimension names real axes, each used once."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from titanax.ir import NodeKind, PlanIR
+from titanax.passes.base import Pass, PassContext, register_pass
+
+__all__ = ["CheckParallelAxes", "did_you_mean"]
+
+
+def did_you_mean(name: str, known: list[str]) -> str:
+    """Return a hint naming the closest known name, or listing them all."""
+    close = difflib.get_close_matches(name, known, n=1)
+    if close:
+        return f"did you mean '{close[0]}'? mesh axes are {tuple(known)}"
+    return f"mesh axes are {tuple(known)}; add '{name}' to MeshSpec(axes=...) or use one of them"
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class CheckParallelAxes(Pass):
+    """Reject unknown axes (TX201), an axis shared by two parallel dimensions
+    (TX202), and an axis repeated within one dimension (TX205)."""
+
+    name = "check-parallel-axes"
+    validates = True
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Report every axis problem of the parallel dimensions into ``ctx``."""
+        known = [axis.name for axis in ir.axes()]
+        owner: dict[str, str] = {}
+        for _, node in ir.items():
+            if node.kind != NodeKind.PARALLEL_DIM:
+                continue
+            label = node.type_name.removeprefix("parallel_dim.") + " parallelism"
+            for axis in node.axis_names:
+                if axis not in known:
+                    ctx.error(
+                        "TX201",
+                        f"{label} uses axis '{axis}', which is not in the mesh",
+                        did_you_mean(axis, known),
+                        node.location,
+                    )
+            repeated = sorted({a for a in node.axis_names if node.axis_names.count(a) > 1})
+            if repeated:
+                ctx.error(
+                    "TX205", f"{label} lists axis {repeated} more than once", "name each axis once", node.location
+                )
+            for axis in dict.fromkeys(node.axis_names):
+                if axis in owner:
+                    ctx.error(
+                        "TX202",
+                        f"axis '{axis}' is used by both {owner[axis]} and {label}",
+                        "give each parallel dimension its own mesh axis",
+                        node.location,
+                    )
+                owner.setdefault(axis, label)

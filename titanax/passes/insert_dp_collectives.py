@@ -1,0 +1,47 @@
+"""``insert-dp-collectives``: declare the collectives data parallelism needs each step.
+
+Data parallelism needs exactly two: one all-reduce (mean) of the gradients over
+the DP axes, once per step whatever the accumulation, and one all-reduce (mean)
+of the step's metrics. The lowering emits exactly the collectives declared here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from titanax.ir import CollectiveNode, DataParallelNode, EdgeKind, PlanIR
+from titanax.ir.build import connect_over_axes
+from titanax.passes.base import Pass, PassContext, register_pass
+
+__all__ = ["InsertDPCollectives", "GRADIENT_SYNC", "METRIC_REDUCE"]
+
+GRADIENT_SYNC = "grad_sync"
+METRIC_REDUCE = "metric_reduce"
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class InsertDPCollectives(Pass):
+    """Add the gradient and metric all-reduces of each data-parallel dimension."""
+
+    name = "insert-dp-collectives"
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Add two collective nodes per DP dimension."""
+        sizes = ir.axis_sizes()
+        for dim_id, dim in list(ir.items(DataParallelNode)):
+            group = math.prod(sizes[a] for a in dim.axes)
+            for name, operand in ((GRADIENT_SYNC, "gradients"), (METRIC_REDUCE, "metrics")):
+                node = CollectiveNode(
+                    name=name,
+                    op="all-reduce",
+                    reduction="mean",
+                    axes=dim.axes,
+                    operand=operand,
+                    origin="lowering",
+                    group_size=group,
+                )
+                node_id = ir.add(f"collective.{name}", node)
+                ir.connect(dim_id, node_id, EdgeKind.REQUIRES)
+                connect_over_axes(ir, node_id, node)

@@ -1,0 +1,114 @@
+"""``Engine``: compiles the plan for the devices at hand and runs steps under it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding
+
+from titanax.errors import OptimizerError
+from titanax.frontend import MeshSpec, Plan
+from titanax.ir import PlanIR, print_ir
+from titanax.lowering import available_devices, make_jax_mesh, replicated_spec
+from titanax.passes import Target, compile_plan
+from titanax.runtime.loggers import Logger
+from titanax.runtime.optim import is_gradient_transformation
+from titanax.runtime.state import TrainState
+
+__all__ = ["Engine"]
+
+P = jax.P
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if is_gradient_transformation(optimizer):
+        return
+    hint = "pass tx.optim.sgd(0.01), tx.optim.adamw(3e-4) or any optax.GradientTransformation"
+    if callable(optimizer) and getattr(optimizer, "__module__", "").startswith("optax"):
+        hint = f"{optimizer.__name__} is an optax factory: call it, e.g. optimizer={optimizer.__name__}(1e-3)"
+    raise OptimizerError.single(
+        "TX401",
+        f"optimizer must be an optax gradient transformation, got {type(optimizer).__name__}: {optimizer!r}",
+        hint,
+    )
+
+
+class Engine:
+    """The mesh, the compiled plan, the optimizer and the loggers of a training run.
+
+    Building an Engine validates everything it can before any XLA compile:
+    the optimizer, the mesh against the devices, and the plan against the mesh.
+
+    Example::
+
+        engine = tx.Engine(mesh=tx.MeshSpec(axes=("data",)),
+                           plan=tx.Plan(data_parallel=tx.DP(axis="data")),
+                           optimizer=tx.optim.sgd(0.01))
+        state = engine.create_state(params)
+    """
+
+    def __init__(
+        self,
+        *,
+        mesh: MeshSpec,
+        plan: Plan,
+        optimizer: optax.GradientTransformation,
+        loggers: Sequence[Logger] = (),
+    ):
+        _check_optimizer(optimizer)
+        self.mesh_spec = mesh
+        self.plan = plan
+        self.optimizer = optimizer
+        self.loggers = tuple(loggers)
+        target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
+        self.ir: PlanIR = compile_plan(mesh, plan, target=target)
+        """The plan IR after every default pass."""
+        self.mesh: jax.sharding.Mesh = make_jax_mesh(self.ir, mesh)
+        """The JAX mesh the steps run on."""
+        self.host_step = 0
+        """Steps run through this engine, counted on the host (used to decide when to log)."""
+
+    @property
+    def device_count(self) -> int:
+        """Devices in the mesh."""
+        return math.prod(self.mesh.shape.values())
+
+    def describe(self) -> str:
+        """The compiled plan IR as text."""
+        return print_ir(self.ir)
+
+    def create_state(self, params: Any) -> TrainState:
+        """Place a copy of ``params`` on the mesh and initialise the optimizer state.
+
+        The copy matters: steps donate their input state, and donating must
+        never delete arrays the caller still holds.
+        """
+        params = jax.tree.map(jnp.asarray, params)
+        params = jax.tree.map(
+            lambda x: jax.device_put(x, NamedSharding(self.mesh, replicated_spec(x.ndim)), may_alias=False), params
+        )
+        init = jax.shard_map(self.optimizer.init, mesh=self.mesh, in_specs=P(), out_specs=P(), check_vma=True)
+        opt_state = jax.jit(init)(params)
+        step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, P()))
+        self.host_step = 0
+        return TrainState(step=step, params=params, opt_state=opt_state, engine=self)
+
+    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
+        """Send scalar ``metrics`` to every logger due at ``step`` (default: the host step)."""
+        step = self.host_step if step is None else step
+        due = [logger for logger in self.loggers if step % logger.every == 0]
+        if not due:
+            return
+        scalars = {name: float(value) for name, value in metrics.items() if jnp.ndim(value) == 0}
+        for logger in due:
+            logger.log(step, scalars)
+
+    def close(self) -> None:
+        """Close every logger."""
+        for logger in self.loggers:
+            logger.close()

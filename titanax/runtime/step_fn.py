@@ -1,0 +1,91 @@
+"""``@tx.step_fn``: turn a ``(state, batch) -> (state, metrics)`` function into a compiled step."""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from titanax.errors import StepFnError
+from titanax.ir import PlanIR
+from titanax.lowering import CompiledStep
+from titanax.passes import AnnotatePayloads, PassPipeline, Target
+from titanax.runtime.engine import Engine
+from titanax.runtime.state import TrainState
+
+__all__ = ["StepFn", "step_fn"]
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+class StepFn:
+    """A step function compiled under the plan of the engine its state belongs to.
+
+    Calling it runs one training step: ``new_state, metrics = step(state, batch)``.
+    The input state is donated (its buffers reused for the output) unless
+    ``donate_state=False``: keep using the returned state, not the old one.
+    """
+
+    def __init__(self, fn: Callable[[Any, Any], tuple[Any, Any]], *, donate_state: bool = True):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.donate_state = donate_state
+        self._compiled: weakref.WeakKeyDictionary[Engine, CompiledStep] = weakref.WeakKeyDictionary()
+
+    def compiled(self, state: TrainState) -> CompiledStep:
+        """The :class:`CompiledStep` for ``state``'s engine (built on first use)."""
+        if not isinstance(state, TrainState):
+            raise StepFnError.single(
+                "TX503",
+                f"a @tx.step_fn takes the TrainState as its first argument, got {type(state).__name__}",
+                "create it with state = engine.create_state(params)",
+            )
+        engine = state.engine
+        if engine not in self._compiled:
+            self._compiled[engine] = CompiledStep(self.fn, engine.ir, engine.mesh, donate_state=self.donate_state)
+        return self._compiled[engine]
+
+    def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, Any]:
+        """Run one step and send its metrics to the engine's loggers."""
+        new_state, metrics = self.compiled(state)(state, batch)
+        engine = state.engine
+        engine.host_step += 1
+        if engine.loggers:
+            engine.log(metrics)
+        return new_state, metrics
+
+    def lower(self, state: TrainState, batch: Any) -> Any:
+        """JAX's ``Lowered`` for this step: ``.as_text()``, ``.compile().as_text()``,
+        ``.compile().cost_analysis()``, ``.compile().memory_analysis()``."""
+        return self.compiled(state).lower(state, batch)
+
+    def plan_ir(self, state: TrainState, batch: Any) -> PlanIR:
+        """The engine's IR with the bytes each collective moves per step filled in."""
+        compiled = self.compiled(state)
+        _, metrics = compiled.eval_shape(state, batch)
+        payloads = (("gradients", _nbytes(state.params)), ("metrics", _nbytes(metrics)))
+        pipeline = PassPipeline([AnnotatePayloads(operand_bytes=payloads)])
+        return pipeline.run(state.engine.ir, Target(device_count=state.engine.device_count))
+
+
+def step_fn(fn: Callable[[Any, Any], tuple[Any, Any]] | None = None, *, donate_state: bool = True) -> Any:
+    """Decorate a training step ``(state, batch) -> (state, metrics)``.
+
+    Inside it, compute gradients of ``state.params`` and call
+    ``state.apply_gradients(grads=...)`` once; the plan adds the collectives.
+
+    Example::
+
+        @tx.step_fn
+        def train_step(state, batch):
+            loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+            return state.apply_gradients(grads=grads), {"loss": loss}
+    """
+    if fn is None:
+        return functools.partial(step_fn, donate_state=donate_state)
+    return StepFn(fn, donate_state=donate_state)
