@@ -5,6 +5,7 @@ validate and lower it, and ``@tx.step_fn`` steps run as ``jax.shard_map``
 programs whose every collective the IR declares.
 """
 
+from titanax import errors
 from titanax.errors import (
     BatchError,
     IRVerificationError,
@@ -15,7 +16,19 @@ from titanax.errors import (
     TitanaxError,
 )
 from titanax.frontend import DP, MeshSpec, Plan
-from titanax.runtime import Engine, StepFn, TrainState, loggers, optim, step_fn
+
+# The runtime imports JAX; load it on first use so that the CLI and the
+# compiler stages (frontend, ir, passes) start without paying for JAX.
+_RUNTIME_NAMES = ("Engine", "StepFn", "TrainState", "loggers", "optim", "step_fn")
+
+
+def __getattr__(name: str):
+    if name in _RUNTIME_NAMES:
+        from titanax import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module 'titanax' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -34,6 +47,7 @@ __all__ = [
     "TitanaxError",
     "TrainState",
     "__version__",
+    "errors",
     "loggers",
     "optim",
     "step_fn",

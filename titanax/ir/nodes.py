@@ -168,7 +168,8 @@ class CollectiveNode(Node):
     origin: str
     """``lowering`` (inserted by Titanax) or ``user`` (traced from the step function)."""
     group_size: int
-    """Devices taking part in each group; 1 means XLA removes the collective."""
+    """Devices in each group; 1 means the collective moves nothing between devices
+    (XLA still keeps it as a trivial instruction)."""
     payload_bytes: int | None = None
     """Bytes communicated per step per device, once the shapes are known."""
 

@@ -49,8 +49,9 @@ def collectives_in_hlo(hlo_text: str) -> list[HloCollective]:
     found = []
     computation, entry = "", False
     for line in hlo_text.splitlines():
-        header = _COMPUTATION.match(line)
-        if header and "=" not in line.split("{")[0]:
+        # Computation headers start in column 0 and open a block; instructions are indented.
+        header = _COMPUTATION.match(line) if line[:1] not in (" ", "\t") else None
+        if header:
             computation, entry = header.group(1), line.startswith("ENTRY")
             continue
         match = _INSTRUCTION.match(line)

@@ -88,7 +88,9 @@ class Engine:
         The copy matters: steps donate their input state, and donating must
         never delete arrays the caller still holds.
         """
-        params = jax.tree.map(jnp.asarray, params)
+        # An explicit dtype drops JAX's weak types, which step outputs never carry;
+        # a weak-typed input would make the second step compile again.
+        params = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), params)
         params = jax.tree.map(
             lambda x: jax.device_put(x, NamedSharding(self.mesh, replicated_spec(x.ndim)), may_alias=False), params
         )

@@ -1,0 +1,36 @@
+"""The examples run as a user would run them, in a fresh process."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+SEED = ROOT.parent / "shared" / "seed" / "README.md"
+
+
+def run_example(name):
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_quickstart_prints_three_decreasing_losses():
+    out = run_example("quickstart.py")
+    losses = [float(v) for v in re.findall(r"^Step \d: loss=([\d.]+)$", out, re.M)]
+    assert len(losses) == 3 and losses[0] > losses[1] > losses[2]
+
+
+def test_quickstart_is_the_seed_readme_verbatim():
+    if not SEED.exists():
+        return  # the seed README lives beside the repository, not in it
+    seed = SEED.read_text().split("```python\n", 1)[1].split("```", 1)[0]
+    ours = (ROOT / "examples" / "quickstart.py").read_text().split("\n", 1)[1]
+    assert ours == seed
+
+
+def test_minimal_dp_trains():
+    out = run_example("minimal_dp.py")
+    losses = [float(v) for v in re.findall(r"loss=([\d.]+)", out)]
+    assert "group_size = 8" in out
+    assert len(losses) == 4 and losses[-1] < losses[0] / 10
