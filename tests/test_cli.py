@@ -35,7 +35,9 @@ def test_errors_exit_1_without_traceback():
     result = run("plan", "--mesh", "data=3,model=2", "--dp", "dta", "--devices", "8")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "error[TX103]" in result.stderr and "error[TX201]" in result.stderr and "did you mean 'data'" in result.stderr
+    assert (
+        "error[TX103]" in result.stderr and "error[TX201]" in result.stderr and "did you mean 'data'" in result.stderr
+    )
     bad = run("plan", "--mesh", "data=four")
     assert bad.returncode == 1 and "TX110" in bad.stderr and "Traceback" not in bad.stderr
 

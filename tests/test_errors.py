@@ -18,9 +18,7 @@ def train_step(state, batch):
 
 
 def engine(mesh=None, plan=DP_PLAN, optimizer=None):
-    return tx.Engine(
-        mesh=mesh or tx.MeshSpec(axes=("data",)), plan=plan, optimizer=optimizer or tx.optim.sgd(0.1)
-    )
+    return tx.Engine(mesh=mesh or tx.MeshSpec(axes=("data",)), plan=plan, optimizer=optimizer or tx.optim.sgd(0.1))
 
 
 def test_mesh_sizes_must_multiply_to_device_count():
@@ -60,7 +58,9 @@ def test_all_plan_errors_are_reported_at_once():
 def test_batch_not_divisible_by_dp_size():
     state = engine().create_state(init_mlp())
     batch = make_batches(1, 12)[0]
-    with pytest.raises(tx.BatchError, match=r"TX301.*\['x'\] with shape \(12, 4\).*not divisible by the DP size 8") as info:
+    with pytest.raises(
+        tx.BatchError, match=r"TX301.*\['x'\] with shape \(12, 4\).*not divisible by the DP size 8"
+    ) as info:
         train_step(state, batch)
     assert "e.g. 8 or 16" in str(info.value)
 

@@ -10,7 +10,9 @@ SEED = ROOT.parent / "shared" / "seed" / "README.md"
 
 
 def run_example(name):
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -68,7 +68,12 @@ def test_verifier_rejects_an_edge_between_wrong_kinds():
 
 def test_verifier_rejects_a_missing_over_edge():
     ir = build_ir(MESH, PLAN)
-    ir.add("collective.x", CollectiveNode(name="x", op="all-reduce", reduction="sum", axes=("model",), operand="metrics", origin="user", group_size=2))
+    ir.add(
+        "collective.x",
+        CollectiveNode(
+            name="x", op="all-reduce", reduction="sum", axes=("model",), operand="metrics", origin="user", group_size=2
+        ),
+    )
     with pytest.raises(IRVerificationError, match="names axes \\('model',\\) but its over edges reach \\[\\]"):
         verify_ir(ir)
 
@@ -83,7 +88,10 @@ def test_verifier_rejects_a_wrong_group_size_and_names_the_pass():
 
 def test_verifier_rejects_unrequired_lowering_collective_and_unknown_op():
     ir = compiled()
-    ir.add("collective.y", CollectiveNode(name="y", op="broadcast", reduction=None, axes=(), operand="x", origin="lowering", group_size=1))
+    ir.add(
+        "collective.y",
+        CollectiveNode(name="y", op="broadcast", reduction=None, axes=(), operand="x", origin="lowering", group_size=1),
+    )
     with pytest.raises(IRVerificationError) as info:
         verify_ir(ir)
     text = str(info.value)

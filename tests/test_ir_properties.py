@@ -72,7 +72,9 @@ def test_dp_declares_one_gradient_and_one_metric_reduction(case):
     assert [(c.op, c.reduction, c.axes, c.group_size) for c in grads] == [("all-reduce", "mean", dp.axes, group)]
     assert [(c.op, c.axes) for c in metrics] == [("all-reduce", dp.axes)]
     # Whether a batch fits is decided by the same two numbers the runtime checks.
-    assert (batch % (group * dp.accumulate_steps) == 0) == (batch % group == 0 and (batch // group) % dp.accumulate_steps == 0)
+    assert (batch % (group * dp.accumulate_steps) == 0) == (
+        batch % group == 0 and (batch // group) % dp.accumulate_steps == 0
+    )
 
 
 @settings(max_examples=100, deadline=None)

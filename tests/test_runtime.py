@@ -76,6 +76,23 @@ def test_step_without_apply_gradients_leaves_state_unchanged():
     np.testing.assert_allclose(float(metrics["loss"]), float(mlp_loss(init_mlp(), batch)), rtol=1e-6)
 
 
+def test_eval_step_under_accumulation_averages_metrics_and_keeps_state():
+    engine = tx.Engine(
+        mesh=tx.MeshSpec(axes=("data",)),
+        plan=tx.Plan(data_parallel=tx.DP(axis="data", accumulate_steps=2)),
+        optimizer=tx.optim.sgd(0.1),
+    )
+
+    @tx.step_fn(donate_state=False)
+    def eval_step(state, batch):
+        return state, {"loss": mlp_loss(state.params, batch)}
+
+    batch = make_batches(1, 32)[0]
+    same, metrics = eval_step(engine.create_state(init_mlp()), batch)
+    assert int(same.step) == 0
+    np.testing.assert_allclose(float(metrics["loss"]), float(mlp_loss(init_mlp(), batch)), rtol=1e-5)
+
+
 def test_basic_logger_writes_every_n_steps():
     stream = io.StringIO()
     step = make_step()

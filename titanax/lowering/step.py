@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 
-from titanax.errors import BatchError, Diagnostic, StepFnError
+from titanax.errors import BatchError, Diagnostic
 from titanax.ir import PlanIR
 from titanax.lowering.collectives import emit_collectives, make_varying
 from titanax.lowering.context import StepContext, StepState
@@ -150,22 +150,22 @@ class CompiledStep:
     def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any]:
         k = self.accumulate_steps
         micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+        traced: list[StepContext] = []
 
         def one_microbatch(grad_sum: Any, microbatch: Any) -> tuple[Any, Any]:
             ctx = StepContext(state=state, sync=self._sync_gradients, accumulate=True)
+            traced.append(ctx)
             with ctx.active():
                 _, metrics = self.fn(seen, microbatch)
-            if not ctx.called:
-                raise StepFnError.single(
-                    "TX504",
-                    f"accumulate_steps={k} needs the step function to call state.apply_gradients",
-                    "call state.apply_gradients(grads=...) in the step, or use accumulate_steps=1",
-                )
+            if not ctx.called:  # an evaluation step: nothing to accumulate
+                return grad_sum, metrics
             return jax.tree.map(jnp.add, grad_sum, ctx.grads), metrics
 
         # zeros_like of a varying value is varying, as a scan carry must be here.
         zeros = jax.tree.map(jnp.zeros_like, seen.params)
         grad_sum, metrics = lax.scan(one_microbatch, zeros, micro)
+        metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        if not traced[-1].called:
+            return state, metrics
         grads = jax.tree.map(lambda g: g / k, grad_sum)
-        new_state = state.apply_update(self._sync_gradients(grads))
-        return new_state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        return state.apply_update(self._sync_gradients(grads)), metrics
