@@ -7,6 +7,7 @@ import pytest
 from models import init_mlp, make_batches, mlp_loss
 
 import titanax as tx
+from titanax.passes import Target, compile_plan
 
 DP_PLAN = tx.Plan(data_parallel=tx.DP(axis="data"))
 
@@ -25,6 +26,53 @@ def test_mesh_sizes_must_multiply_to_device_count():
     with pytest.raises(tx.MeshError, match=r"TX103.*multiply to 6 but there are 8 devices") as info:
         engine(tx.MeshSpec(axes=("data", "model"), shape=(3, 2)))
     assert "pass devices=6" in str(info.value)
+
+
+def test_mesh_too_large_for_devices_does_not_suggest_more_devices():
+    with pytest.raises(tx.MeshError, match=r"TX103.*multiply to 16 but there are 8") as info:
+        engine(tx.MeshSpec(axes=("data", "model"), shape=(4, 4)))
+    assert "devices=16" not in str(info.value)
+
+
+def test_two_inferred_sizes():
+    with pytest.raises(tx.MeshError, match=r"TX106.*at most one size can be inferred"):
+        engine(tx.MeshSpec(axes=("data", "model"), shape=(-1, -1)))
+
+
+def test_inferred_size_without_device_count():
+    with pytest.raises(tx.MeshError, match=r"TX107.*without a device count"):
+        compile_plan(tx.MeshSpec(axes=("data",)), DP_PLAN)
+
+
+@pytest.mark.parametrize("axes", ["data", (), ("data", "not an identifier")])
+def test_mesh_axes_must_be_identifiers(axes):
+    with pytest.raises(tx.MeshError, match="TX108"):
+        tx.MeshSpec(axes=axes)
+
+
+@pytest.mark.parametrize("shape", [8, (8, 1), ("8",)])
+def test_mesh_shape_must_match_axes(shape):
+    with pytest.raises(tx.MeshError, match="TX105"):
+        tx.MeshSpec(axes=("data",), shape=shape)
+
+
+def test_plan_entries_are_typed():
+    with pytest.raises(tx.PlanError, match=r"TX204.*must be a tx.DP"):
+        tx.Plan(data_parallel="data")
+    with pytest.raises(tx.PlanError, match="TX204"):
+        tx.DP(axis=3)
+
+
+def test_axis_repeated_in_one_dimension():
+    with pytest.raises(tx.PlanError, match=r"TX205.*\['data'\] more than once"):
+        engine(plan=tx.Plan(data_parallel=tx.DP(axis=("data", "data"))))
+
+
+def test_pass_prerequisites_are_enforced():
+    with pytest.raises(tx.PlanError, match=r"TX207.*'insert-dp-collectives' needs"):
+        compile_plan(
+            tx.MeshSpec(axes=("data",)), DP_PLAN, target=Target(device_count=8), passes=("insert-dp-collectives",)
+        )
 
 
 def test_mesh_asking_for_more_devices_than_exist():
@@ -53,6 +101,7 @@ def test_all_plan_errors_are_reported_at_once():
         engine(tx.MeshSpec(axes=("data", "data"), shape=(2, 0)), plan=tx.Plan(data_parallel=tx.DP(axis="x")))
     codes = [d.code for d in info.value.diagnostics]
     assert codes == ["TX101", "TX102", "TX201"]
+    assert type(info.value) is tx.TitanaxError  # mixed mesh and plan errors: the common base class
 
 
 def test_batch_not_divisible_by_dp_size():
@@ -125,7 +174,22 @@ def test_step_needs_a_train_state():
         train_step(init_mlp(), make_batches(1, 16)[0])
 
 
-def test_error_codes_map_to_their_classes():
-    assert tx.errors.error_class_for_code("TX103") is tx.MeshError
-    assert tx.errors.error_class_for_code("TX201") is tx.PlanError
-    assert tx.errors.error_class_for_code("TX301") is tx.BatchError
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        ("TX103", tx.MeshError),
+        ("TX201", tx.PlanError),
+        ("TX301", tx.BatchError),
+        ("TX401", tx.OptimizerError),
+        ("TX501", tx.StepFnError),
+        ("TX901", tx.IRVerificationError),
+    ],
+)
+def test_error_codes_map_to_their_classes(code, cls):
+    assert tx.errors.error_class_for_code(code) is cls
+
+
+def test_batch_hint_accounts_for_accumulation():
+    e = engine(plan=tx.Plan(data_parallel=tx.DP(axis="data", accumulate_steps=3)))
+    with pytest.raises(tx.BatchError, match=r"(?s)TX301.*multiple of 24.*e\.g\. 24"):
+        train_step(e.create_state(init_mlp()), make_batches(1, 12)[0])

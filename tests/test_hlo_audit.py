@@ -64,6 +64,7 @@ def test_hlo_parser_reads_tuple_and_loop_collectives():
 ENTRY %main (a: f32[3,2], b: f32[]) -> f32[] {
   %all-reduce = (f32[3,2]{1,0}, f32[]) all-reduce(%a, %b), channel_id=1
   %ag = bf16[8,2]{1,0} all-gather(bf16[4,2]{1,0} %c), dimensions={0}
+  %cp = (f32[4]{0}, f32[4]{0}, u32[], u32[]) collective-permute-start(f32[4]{0} %d)
 }
 """
     found = collectives_in_hlo(text)
@@ -71,5 +72,6 @@ ENTRY %main (a: f32[3,2], b: f32[]) -> f32[] {
         ("all-reduce", 16, False),
         ("all-reduce", 28, True),
         ("all-gather", 32, True),
+        ("collective-permute", 16, True),
     ]
     assert shape_bytes("(f32[3,2], s32[], pred[5])") == 24 + 4 + 5

@@ -10,7 +10,16 @@ import pytest
 from titanax.errors import IRVerificationError, PlanError
 from titanax.frontend import DP, MeshSpec, Plan
 from titanax.ir import AxisNode, CollectiveNode, EdgeKind, build_ir, ir_to_dot, ir_to_json, print_ir, verify_ir
-from titanax.passes import DEFAULT_PASSES, PassTimings, Target, compile_plan, print_after_each, verify_after_each
+from titanax.passes import (
+    DEFAULT_PASSES,
+    PassPipeline,
+    PassTimings,
+    Target,
+    compile_plan,
+    passes_by_name,
+    print_after_each,
+    verify_after_each,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 MESH = MeshSpec(axes=("data", "model"), shape=(-1, 2))
@@ -55,8 +64,15 @@ def test_json_and_dot_renderings():
 def test_pipeline_does_not_mutate_its_input():
     ir = build_ir(MESH, PLAN)
     before = print_ir(ir)
-    compile_plan(MESH, PLAN, target=Target(device_count=8))
-    assert print_ir(ir) == before
+    after = PassPipeline(passes_by_name(DEFAULT_PASSES)).run(ir, Target(device_count=8))
+    assert print_ir(ir) == before != print_ir(after)
+
+
+def test_verifier_rejects_an_all_reduce_without_a_known_reduction():
+    ir = compiled()
+    ir.replace("collective.grad_sync", replace(ir.node("collective.grad_sync"), reduction="max"))
+    with pytest.raises(IRVerificationError, match="has reduction 'max'"):
+        verify_ir(ir)
 
 
 def test_verifier_rejects_an_edge_between_wrong_kinds():

@@ -93,6 +93,26 @@ def test_eval_step_under_accumulation_averages_metrics_and_keeps_state():
     np.testing.assert_allclose(float(metrics["loss"]), float(mlp_loss(init_mlp(), batch)), rtol=1e-5)
 
 
+def test_state_edits_after_apply_gradients_are_kept():
+    """A step may post-process the updated state; Titanax must return what the step returned."""
+
+    @tx.step_fn
+    def halving_step(state, batch):
+        grads = jax.grad(mlp_loss)(state.params, batch)
+        new = state.apply_gradients(grads=grads)
+        return new.replace(params=jax.tree.map(lambda p: p * 0.5, new.params)), {}
+
+    engine = tx.Engine(
+        mesh=tx.MeshSpec(axes=("data",)), plan=tx.Plan(data_parallel=tx.DP(axis="data")), optimizer=tx.optim.sgd(0.1)
+    )
+    batch = make_batches(1, 16)[0]
+    state, _ = halving_step(engine.create_state(init_mlp()), batch)
+    grads = jax.grad(mlp_loss)(init_mlp(), batch)
+    expected = jax.tree.map(lambda p, g: (p - 0.1 * g) * 0.5, init_mlp(), grads)
+    for got, want in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
 def test_basic_logger_writes_every_n_steps():
     stream = io.StringIO()
     step = make_step()
@@ -119,6 +139,10 @@ def test_apply_gradients_outside_a_step_is_a_plain_update():
     grads = jax.tree.map(np.ones_like, init_mlp())
     new = state.apply_gradients(grads=grads)
     assert int(new.step) == 1
+    moved = [
+        not np.allclose(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params), strict=True)
+    ]
+    assert all(moved)
 
 
 def test_engine_describes_its_plan():

@@ -30,7 +30,7 @@ __all__ = [
 
 @dataclass(frozen=True, kw_only=True)
 class Location:
-    """Where a plan element came from: a file position, or ``None`` for Python objects."""
+    """A position in a plan file: path, 1-based line and column."""
 
     path: str
     line: int
@@ -90,9 +90,11 @@ class TitanaxError(Exception):
 
     @staticmethod
     def from_diagnostics(diagnostics: Iterable[Diagnostic]) -> TitanaxError:
-        """Build the error for a batch of diagnostics; its class follows the first code."""
+        """Build the error for a batch of diagnostics: the class their codes share, or
+        :class:`TitanaxError` itself when they span several classes."""
         diagnostics = tuple(diagnostics)
-        return error_class_for_code(diagnostics[0].code)(diagnostics)
+        classes = {error_class_for_code(d.code) for d in diagnostics}
+        return (classes.pop() if len(classes) == 1 else TitanaxError)(diagnostics)
 
 
 class MeshError(TitanaxError):

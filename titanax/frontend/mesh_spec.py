@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +59,7 @@ class MeshSpec:
 
     def _normalize_devices(self) -> None:
         devices = self.devices
-        if devices is None or devices == "all" or isinstance(devices, str):
+        if devices is None or isinstance(devices, str):
             return
         if isinstance(devices, bool) or (isinstance(devices, int) and devices < 1):
             raise MeshError.single(
@@ -70,7 +69,7 @@ class MeshSpec:
             )
         if isinstance(devices, int):
             return
-        if isinstance(devices, Sequence) or hasattr(devices, "__iter__"):
+        if hasattr(devices, "__iter__"):
             device_list = tuple(devices)
             if not device_list:
                 raise MeshError.single("TX104", "MeshSpec(devices=[]) names no device", "pass at least one device")
@@ -92,8 +91,12 @@ class MeshSpec:
                 )
             object.__setattr__(self, "shape", (INFER,))
             return
-        shape = tuple(self.shape)
-        if len(shape) != len(self.axes) or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape):
+        shape = tuple(self.shape) if isinstance(self.shape, (tuple, list)) else None
+        if (
+            shape is None
+            or len(shape) != len(self.axes)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+        ):
             raise MeshError.single(
                 "TX105",
                 f"MeshSpec shape {self.shape!r} must be one integer per axis of {self.axes}",

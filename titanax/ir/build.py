@@ -11,7 +11,7 @@ from titanax.frontend import MeshSpec, Plan
 from titanax.ir.graph import PlanIR
 from titanax.ir.nodes import AxisNode, DataParallelNode, EdgeKind, MeshNode, Node, ShardRuleNode
 
-__all__ = ["build_ir"]
+__all__ = ["build_ir", "connect_over_axes"]
 
 
 def _mesh_devices_label(spec: MeshSpec) -> str:

@@ -8,6 +8,7 @@ listings are sorted, so everything derived from them is deterministic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -117,8 +118,16 @@ class PlanIR:
         return None
 
     def axis_sizes(self) -> dict[str, int]:
-        """Axis name -> size, outermost first."""
-        return {axis.name: axis.size for axis in self.axes()}
+        """Axis name -> size, outermost first (the first axis wins if a name repeats)."""
+        sizes: dict[str, int] = {}
+        for axis in self.axes():
+            sizes.setdefault(axis.name, axis.size)
+        return sizes
+
+    def group_size(self, axes: tuple[str, ...]) -> int:
+        """Devices in one group spanning ``axes`` (the product of their sizes)."""
+        sizes = self.axis_sizes()
+        return math.prod(sizes[a] for a in axes)
 
     def data_parallel(self) -> DataParallelNode | None:
         """The data-parallel dimension, if the plan has one."""

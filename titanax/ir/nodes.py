@@ -25,6 +25,7 @@ __all__ = [
     "StageNode",
     "UNRESOLVED_SIZE",
     "COLLECTIVE_OPS",
+    "REDUCTIONS",
     "EDGE_RULES",
 ]
 
@@ -33,6 +34,9 @@ UNRESOLVED_SIZE = -1
 
 COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 """Collective operations, named as XLA names them in compiled HLO."""
+
+REDUCTIONS = ("mean", "sum")
+"""Reductions an all-reduce or reduce-scatter may perform."""
 
 
 class NodeKind(StrEnum):
@@ -171,7 +175,8 @@ class CollectiveNode(Node):
     """Devices in each group; 1 means the collective moves nothing between devices
     (XLA still keeps it as a trivial instruction)."""
     payload_bytes: int | None = None
-    """Bytes communicated per step per device, once the shapes are known."""
+    """Size in bytes of the operand on one device per step, once shapes are known
+    (what the HLO instruction's result holds; wire traffic depends on the algorithm)."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -199,7 +204,6 @@ EDGE_RULES: dict[EdgeKind, frozenset[tuple[NodeKind, NodeKind]]] = {
             (NodeKind.PARALLEL_DIM, NodeKind.AXIS),
             (NodeKind.SHARD_RULE, NodeKind.AXIS),
             (NodeKind.COLLECTIVE, NodeKind.AXIS),
-            (NodeKind.STAGE, NodeKind.AXIS),
         }
     ),
     EdgeKind.REQUIRES: frozenset({(NodeKind.PARALLEL_DIM, NodeKind.COLLECTIVE)}),

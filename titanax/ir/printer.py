@@ -62,7 +62,7 @@ def ir_to_dict(ir: PlanIR) -> dict[str, Any]:
 
 
 def ir_to_json(ir: PlanIR) -> str:
-    """Return the IR as indented JSON with sorted keys inside each entry's attributes."""
+    """Return the IR as indented JSON; attributes keep their declaration order."""
     return json.dumps(ir_to_dict(ir), indent=2) + "\n"
 
 

@@ -15,6 +15,7 @@ from titanax.ir.graph import PlanIR
 from titanax.ir.nodes import (
     COLLECTIVE_OPS,
     EDGE_RULES,
+    REDUCTIONS,
     UNRESOLVED_SIZE,
     AxisNode,
     CollectiveNode,
@@ -76,11 +77,11 @@ def _check_collective(ir: PlanIR, node_id: str, node: CollectiveNode) -> list[Di
         problems.append(_problem(f"collective %{node_id} has unknown origin {node.origin!r}"))
     if node.origin == "lowering" and not ir.sources(node_id, EdgeKind.REQUIRES):
         problems.append(_problem(f"collective %{node_id} was inserted by a pass but no dimension requires it"))
+    if node.op in ("all-reduce", "reduce-scatter") and node.reduction not in REDUCTIONS:
+        problems.append(_problem(f"{node.op} %{node_id} has reduction {node.reduction!r}; known: {REDUCTIONS}"))
     sizes = ir.axis_sizes()
     if all(sizes.get(a, UNRESOLVED_SIZE) > 0 for a in node.axes):
-        expected = 1
-        for axis in node.axes:
-            expected *= sizes[axis]
+        expected = ir.group_size(node.axes)
         if node.group_size != expected:
             problems.append(_problem(f"collective %{node_id} has group_size {node.group_size}, axes give {expected}"))
     return problems

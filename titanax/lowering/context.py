@@ -80,5 +80,7 @@ class StepContext:
         self.called, self.grads = True, grads
         if self._accumulate:
             return seen_state
-        self.result = self._state.apply_update(self._sync(grads))
+        # Keep any edits the user made to the state, but update the replicated parameters:
+        # the ones the user saw are marked varying only so that autodiff stays local.
+        self.result = seen_state.replace(params=self._state.params).apply_update(self._sync(grads))
         return self.result

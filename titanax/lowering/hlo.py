@@ -18,7 +18,7 @@ _DTYPE_BYTES = {
 }  # fmt: skip
 _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 _OPS = "|".join(re.escape(op) for op in COLLECTIVE_OPS)
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(" + _OPS + r")(?:-start)?\(")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(" + _OPS + r")(-start)?\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 
 
@@ -56,9 +56,14 @@ def collectives_in_hlo(hlo_text: str) -> list[HloCollective]:
             continue
         match = _INSTRUCTION.match(line)
         if match:
+            shape_text = match.group(1)
+            if match.group(3) and match.group(2) != "all-reduce":
+                # Async starts (GPU) return (operand, result, ...): count the result only.
+                arrays = _ARRAY.findall(shape_text)
+                shape_text = "{}[{}]".format(*arrays[1]) if len(arrays) > 1 else shape_text
             found.append(
                 HloCollective(
-                    op=match.group(2), result_bytes=shape_bytes(match.group(1)), computation=computation, entry=entry
+                    op=match.group(2), result_bytes=shape_bytes(shape_text), computation=computation, entry=entry
                 )
             )
     return found

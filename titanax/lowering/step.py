@@ -13,7 +13,6 @@ The program, per device:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -56,7 +55,7 @@ class CompiledStep:
         self.ir = ir
         self.mesh = mesh
         self.dp_axes: tuple[str, ...] = dp.axes if dp else ()
-        self.dp_size = math.prod(mesh.shape[a] for a in self.dp_axes)
+        self.dp_size = ir.group_size(self.dp_axes)
         self.accumulate_steps = dp.accumulate_steps if dp else 1
         self._grad_collectives = ir.collectives("gradients")
         self._metric_collectives = ir.collectives("metrics")
@@ -111,20 +110,21 @@ class CompiledStep:
                     )
                 )
             elif self.dp_axes and shape[0] % self.dp_size:
-                lower = shape[0] // self.dp_size * self.dp_size
+                lower = shape[0] // per_device * per_device
                 problems.append(
                     (
                         "TX301",
                         f"{where}: dimension 0 ({shape[0]}) is not divisible by the DP size {self.dp_size} "
                         f"(axes {self.dp_axes})",
-                        f"use a batch size that is a multiple of {self.dp_size}, e.g. {lower or self.dp_size} or {lower + self.dp_size}",
+                        f"use a batch size that is a multiple of {per_device} (DP size x accumulate_steps), e.g. "
+                        + (f"{lower} or {lower + per_device}" if lower else f"{per_device}"),
                     )
                 )
             elif shape and shape[0] % per_device:
                 problems.append(
                     (
                         "TX302",
-                        f"{where}: each device's {shape[0] // max(self.dp_size, 1)} examples do not split into "
+                        f"{where}: each device's {shape[0] // self.dp_size} examples do not split into "
                         f"accumulate_steps={self.accumulate_steps} microbatches",
                         f"use a batch size that is a multiple of {per_device} (DP size x accumulate_steps)",
                     )
@@ -141,8 +141,10 @@ class CompiledStep:
         if self.accumulate_steps == 1:
             ctx = StepContext(state=state, sync=self._sync_gradients, accumulate=False)
             with ctx.active():
-                _, metrics = self.fn(seen, batch)
-            new_state = ctx.result if ctx.called else state
+                returned, metrics = self.fn(seen, batch)
+            # What the user returns after apply_gradients (clipped, replaced...) is kept; a step
+            # that never applied gradients returns the replicated input state unchanged.
+            new_state = returned if ctx.called else state
         else:
             new_state, metrics = self._accumulated(state, seen, batch)
         return new_state, emit_collectives(self._metric_collectives, metrics)

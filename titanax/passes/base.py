@@ -46,6 +46,8 @@ class Pass:
     """Name used by ``--passes`` and in printed output."""
     validates: ClassVar[bool] = False
     """True for passes that only report errors and never change the IR."""
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Passes that must run earlier in the same pipeline (the rewrite relies on their checks)."""
 
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Check or rewrite ``ir`` in place."""

@@ -14,7 +14,8 @@ __all__ = ["CheckMesh", "available_device_count"]
 
 def available_device_count(ir: PlanIR, ctx: PassContext) -> int | None:
     """Devices the mesh will use: the count the spec asks for, else what the target has."""
-    return ir.mesh().device_count or ctx.target.device_count
+    requested = ir.mesh().device_count
+    return requested if requested is not None else ctx.target.device_count
 
 
 def _shape_text(axes: list[AxisNode]) -> str:
@@ -28,7 +29,8 @@ class CheckMesh(Pass):
 
     Rejects: a repeated axis name (TX101), a size below 1 other than ``-1``
     (TX102), sizes whose product is not the device count (TX103), asking for
-    more devices than exist (TX104), more than one inferred size (TX106), and
+    more devices than exist (TX104; ``MeshSpec`` also uses it for a bad
+    ``devices=`` value), more than one inferred size (TX106), and
     an inferred size with no device count to infer it from (TX107).
     """
 
@@ -93,8 +95,11 @@ class CheckMesh(Pass):
                 f"choose fixed sizes whose product divides {count}",
             )
         elif not inferred and fixed != count:
+            hint = f"choose sizes whose product is {count}"
+            if fixed < count:
+                hint += f", or pass devices={fixed} to use only {fixed} devices"
             ctx.error(
                 "TX103",
                 f"mesh axis sizes ({_shape_text(axes)}) multiply to {fixed} but there are {count} devices",
-                f"choose sizes whose product is {count}, or pass devices={fixed} to use only {fixed} devices",
+                hint,
             )

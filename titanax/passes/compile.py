@@ -22,10 +22,19 @@ DEFAULT_PASSES: tuple[str, ...] = (
 
 
 def passes_by_name(names: Sequence[str]) -> list[Pass]:
-    """Instantiate registered passes by name, rejecting unknown names (TX206)."""
+    """Instantiate passes by name; reject unknown ones (TX206) and missing prerequisites (TX207)."""
+    names = list(names)
     unknown = [n for n in names if n not in PASS_REGISTRY]
     if unknown:
         raise PlanError.single("TX206", f"unknown pass(es) {unknown}", f"known passes: {sorted(PASS_REGISTRY)}")
+    for index, name in enumerate(names):
+        missing = [r for r in PASS_REGISTRY[name].requires if r not in names[:index]]
+        if missing:
+            raise PlanError.single(
+                "TX207",
+                f"pass '{name}' needs {missing} to run before it",
+                f"use --passes {','.join([*missing, *names[: index + 1]])}",
+            )
     return [PASS_REGISTRY[name]() for name in names]
 
 

@@ -16,17 +16,22 @@ __all__ = ["InferMeshShape"]
 @register_pass
 @dataclass(frozen=True, kw_only=True)
 class InferMeshShape(Pass):
-    """Resolve every axis size and the mesh's device count (run after ``check-mesh``)."""
+    """Resolve the axis size left as ``-1`` and the mesh's device count.
+
+    Needs ``check-mesh`` first; a size it cannot infer stays ``-1``.
+    """
 
     name = "infer-mesh-shape"
+    requires = ("check-mesh",)
 
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Replace ``-1`` sizes and set the mesh device count."""
         count = available_device_count(ir, ctx)
         fixed = math.prod(a.size for a in ir.axes() if a.size != UNRESOLVED_SIZE)
         for node_id, axis in list(ir.items(AxisNode)):
-            if axis.size == UNRESOLVED_SIZE and count is not None:
+            if axis.size == UNRESOLVED_SIZE and count is not None and fixed > 0 and count % fixed == 0:
                 ir.replace(node_id, replace(axis, size=count // fixed))
-        resolved = math.prod(a.size for a in ir.axes())
-        mesh_id, mesh = next(ir.items(MeshNode))
-        ir.replace(mesh_id, replace(mesh, device_count=resolved))
+        sizes = [a.size for a in ir.axes()]
+        if all(s >= 1 for s in sizes):
+            mesh_id, mesh = next(ir.items(MeshNode))
+            ir.replace(mesh_id, replace(mesh, device_count=math.prod(sizes)))

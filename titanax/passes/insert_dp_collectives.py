@@ -7,7 +7,6 @@ of the step's metrics. The lowering emits exactly the collectives declared here.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from titanax.ir import CollectiveNode, DataParallelNode, EdgeKind, PlanIR
@@ -26,12 +25,12 @@ class InsertDPCollectives(Pass):
     """Add the gradient and metric all-reduces of each data-parallel dimension."""
 
     name = "insert-dp-collectives"
+    requires = ("check-mesh", "check-parallel-axes", "infer-mesh-shape")
 
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Add two collective nodes per DP dimension."""
-        sizes = ir.axis_sizes()
         for dim_id, dim in list(ir.items(DataParallelNode)):
-            group = math.prod(sizes[a] for a in dim.axes)
+            group = ir.group_size(dim.axes)
             for name, operand in ((GRADIENT_SYNC, "gradients"), (METRIC_REDUCE, "metrics")):
                 node = CollectiveNode(
                     name=name,
