@@ -50,7 +50,6 @@ class StepContext:
         self._sync = sync
         self._accumulate = accumulate
         self.grads: Any = None
-        self.result: StepState | None = None
         self.called = False
 
     @contextlib.contextmanager
@@ -82,5 +81,4 @@ class StepContext:
             return seen_state
         # Keep any edits the user made to the state, but update the replicated parameters:
         # the ones the user saw are marked varying only so that autodiff stays local.
-        self.result = seen_state.replace(params=self._state.params).apply_update(self._sync(grads))
-        return self.result
+        return seen_state.replace(params=self._state.params).apply_update(self._sync(grads))
