@@ -11,11 +11,12 @@ from titanax.errors import (
     IRVerificationError,
     MeshError,
     OptimizerError,
+    ParseError,
     PlanError,
     StepFnError,
     TitanaxError,
 )
-from titanax.frontend import DP, MeshSpec, Plan
+from titanax.frontend import DP, PP, TP, MeshSpec, Plan, Precision, Rule, Stage
 
 # The runtime imports JAX; load it on first use so that the CLI and the
 # compiler stages (frontend, ir, passes) start without paying for JAX.
@@ -34,14 +35,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DP",
+    "PP",
+    "TP",
     "BatchError",
     "Engine",
     "IRVerificationError",
     "MeshError",
     "MeshSpec",
     "OptimizerError",
+    "ParseError",
     "Plan",
     "PlanError",
+    "Precision",
+    "Rule",
+    "Stage",
     "StepFn",
     "StepFnError",
     "TitanaxError",

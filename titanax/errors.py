@@ -11,7 +11,7 @@ This module imports nothing from JAX: the front end, the IR and the passes use i
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 __all__ = [
@@ -24,20 +24,46 @@ __all__ = [
     "OptimizerError",
     "StepFnError",
     "IRVerificationError",
+    "ParseError",
     "error_class_for_code",
 ]
 
 
+_SNIPPET_WIDTH = 100
+"""Longest stretch of a source line shown under an error; longer lines are cut around the span."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Location:
-    """A position in a plan file: path, 1-based line and column."""
+    """A span in a plan file: path, 1-based line and column, and its length on that line."""
 
     path: str
     line: int
     column: int
+    length: int = 1
+    """Characters the span covers on its first line (the caret underline's width)."""
+    line_text: str | None = field(default=None, compare=False, repr=False)
+    """The whole source line, so that errors can show it with a caret under the span."""
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}:{self.column}"
+
+    def snippet(self) -> str:
+        """The source line and a caret line under the span, gutter-numbered; empty without the text."""
+        if self.line_text is None:
+            return ""
+        text, start = self.line_text, self.column - 1
+        width = max(1, min(self.length, _SNIPPET_WIDTH // 2))
+        # Cut very long lines (a minified or binary file) to a window around the span.
+        lo = max(0, min(start - _SNIPPET_WIDTH // 2, len(text) - _SNIPPET_WIDTH))
+        shown = text[lo : lo + _SNIPPET_WIDTH]
+        prefix = "..." if lo > 0 else ""
+        suffix = "..." if lo + _SNIPPET_WIDTH < len(text) else ""
+        # Control characters and tabs would shift the caret; show them as one placeholder each.
+        shown = "".join(c if c.isprintable() else "?" for c in shown)
+        gutter = " " * len(str(self.line))
+        caret = " " * (len(prefix) + start - lo) + "^" * width
+        return f"{gutter} |\n{self.line} | {prefix}{shown}{suffix}\n{gutter} | {caret}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,9 +80,13 @@ class Diagnostic:
     """Source position of the offending element, when it came from a file."""
 
     def render(self) -> str:
-        """Return the diagnostic as ``[path:line:col: ]error[CODE]: message`` plus its hint."""
+        """Return ``[path:line:col: ]error[CODE]: message``, the source line with a caret
+        under the span when the text is known, and the hint."""
         where = f"{self.location}: " if self.location else ""
         text = f"{where}error[{self.code}]: {self.message}"
+        snippet = self.location.snippet() if self.location else ""
+        if snippet:
+            text += "\n" + snippet
         if self.hint:
             text += f"\n  hint: {self.hint}"
         return text
@@ -127,6 +157,12 @@ class StepFnError(TitanaxError):
     code_prefix = "TX5"
 
 
+class ParseError(TitanaxError):
+    """A ``.tx`` plan file cannot be read or does not follow the language (TX6xx)."""
+
+    code_prefix = "TX6"
+
+
 class IRVerificationError(TitanaxError):
     """The plan IR broke a structural invariant: a bug in a pass, not in user input (TX9xx)."""
 
@@ -139,6 +175,7 @@ _CLASSES: tuple[type[TitanaxError], ...] = (
     BatchError,
     OptimizerError,
     StepFnError,
+    ParseError,
     IRVerificationError,
 )
 

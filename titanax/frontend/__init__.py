@@ -7,6 +7,23 @@ is reported at once. Nothing here imports JAX.
 """
 
 from titanax.frontend.mesh_spec import MeshSpec
+from titanax.frontend.pipeline import PP, SCHEDULES, LayerRange, Stage, parse_layer
 from titanax.frontend.plan import DP, Plan
+from titanax.frontend.precision import DTYPES, Precision
+from titanax.frontend.tensor_parallel import ROLES, TP, Rule
 
-__all__ = ["DP", "MeshSpec", "Plan"]
+__all__ = [
+    "DP",
+    "DTYPES",
+    "PP",
+    "ROLES",
+    "SCHEDULES",
+    "TP",
+    "LayerRange",
+    "MeshSpec",
+    "Plan",
+    "Precision",
+    "Rule",
+    "Stage",
+    "parse_layer",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from titanax.errors import MeshError
+from titanax.errors import Location, MeshError
 
 __all__ = ["MeshSpec", "INFER"]
 
@@ -36,6 +36,10 @@ class MeshSpec:
     shape: tuple[int, ...] | None = None
     """Size of each axis; one entry may be ``-1`` to infer it. ``None`` means one
     axis spanning every device (only allowed with a single axis)."""
+    location: Location | None = field(default=None, compare=False, repr=False)
+    """Where the mesh was declared, when it came from a ``.tx`` file."""
+    axis_locations: tuple[Location | None, ...] = field(default=(), compare=False, repr=False)
+    """Where each axis was declared, in ``axes`` order, when it came from a ``.tx`` file."""
     _device_list: tuple[Any, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

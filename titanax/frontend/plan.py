@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from titanax.errors import PlanError
+from titanax.errors import Location, PlanError
+from titanax.frontend.axes import axes_tuple
+from titanax.frontend.pipeline import PP
+from titanax.frontend.precision import Precision
+from titanax.frontend.tensor_parallel import TP
 
 __all__ = ["DP", "Plan"]
-
-
-def _axes_tuple(value: object, what: str) -> tuple[str, ...]:
-    axes = (value,) if isinstance(value, str) else value
-    if not isinstance(axes, (tuple, list)) or not axes or not all(isinstance(a, str) for a in axes):
-        raise PlanError.single(
-            "TX204",
-            f"{what} must be an axis name or a tuple of axis names, got {value!r}",
-            'write axis="data" or axis=("data", "replica")',
-        )
-    return tuple(axes)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,9 +27,11 @@ class DP:
     """Mesh axis (or axes, outermost first) the batch is split over."""
     accumulate_steps: int = 1
     """Microbatches per device per step; gradients are summed locally and synced once."""
+    location: Location | None = field(default=None, compare=False, repr=False)
+    """Where the dimension was declared, when it came from a ``.tx`` file."""
 
     def __post_init__(self) -> None:
-        _axes_tuple(self.axis, "DP(axis=...)")
+        axes_tuple(self.axis, "DP(axis=...)")
         steps = self.accumulate_steps
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise PlanError.single(
@@ -48,25 +43,45 @@ class DP:
     @property
     def axes(self) -> tuple[str, ...]:
         """The DP axes as a tuple, even when one name was given."""
-        return _axes_tuple(self.axis, "DP(axis=...)")
+        return axes_tuple(self.axis, "DP(axis=...)")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """The parallel plan: one entry per parallel dimension, each over named mesh axes.
+    """The parallel plan: one entry per parallel dimension, each over its own mesh axes.
 
     Example::
 
         tx.Plan(data_parallel=tx.DP(axis="data"))
+        tx.Plan(
+            data_parallel=tx.DP(axis="data"),
+            tensor_parallel=tx.TP(axis="model", rules={"*/attn/qkv/w": "column"}),
+            pipeline_parallel=tx.PP(axis="pipe", microbatches=8),
+            precision=tx.Precision(compute="bfloat16"),
+        )
     """
 
     data_parallel: DP | None = None
     """Data parallelism, or ``None`` to replicate the batch on every device."""
+    tensor_parallel: TP | None = None
+    """Tensor parallelism, or ``None`` to keep every parameter whole on each device."""
+    pipeline_parallel: PP | None = None
+    """Pipeline parallelism, or ``None`` to run the whole model on every device."""
+    precision: Precision | None = None
+    """Mixed-precision policy, or ``None`` to compute in the parameters' own dtype."""
 
     def __post_init__(self) -> None:
-        if self.data_parallel is not None and not isinstance(self.data_parallel, DP):
-            raise PlanError.single(
-                "TX204",
-                f"Plan(data_parallel=...) must be a tx.DP, got {type(self.data_parallel).__name__}",
-                'write tx.Plan(data_parallel=tx.DP(axis="data"))',
-            )
+        expected = (
+            ("data_parallel", DP, 'tx.DP(axis="data")'),
+            ("tensor_parallel", TP, 'tx.TP(axis="model", rules={...})'),
+            ("pipeline_parallel", PP, 'tx.PP(axis="pipe", microbatches=8)'),
+            ("precision", Precision, 'tx.Precision(compute="bfloat16")'),
+        )
+        for name, cls, example in expected:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, cls):
+                raise PlanError.single(
+                    "TX204",
+                    f"Plan({name}=...) must be a tx.{cls.__name__}, got {type(value).__name__}",
+                    f"write tx.Plan({name}={example})",
+                )

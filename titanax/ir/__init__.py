@@ -15,9 +15,12 @@ from titanax.ir.nodes import (
     MeshNode,
     Node,
     NodeKind,
+    PipelineParallelNode,
+    PrecisionNode,
     ScheduleOpNode,
     ShardRuleNode,
     StageNode,
+    TensorParallelNode,
 )
 from titanax.ir.printer import ir_to_dict, ir_to_dot, ir_to_json, print_ir
 from titanax.ir.verify import verify_ir
@@ -31,10 +34,13 @@ __all__ = [
     "MeshNode",
     "Node",
     "NodeKind",
+    "PipelineParallelNode",
     "PlanIR",
+    "PrecisionNode",
     "ScheduleOpNode",
     "ShardRuleNode",
     "StageNode",
+    "TensorParallelNode",
     "build_ir",
     "ir_to_dict",
     "ir_to_dot",

@@ -1,15 +1,29 @@
 """Build the initial plan IR from the front end's ``MeshSpec`` and ``Plan``.
 
-The builder records what the user wrote, nothing more: names that do not
-resolve are kept as names (validation passes report them), and sizes left to
-inference stay ``-1`` until the ``infer-mesh-shape`` pass fills them in.
+Both front ends (Python objects and ``.tx`` files) arrive here as the same
+objects, so equivalent plans give identical IR. The builder records what the
+user wrote, nothing more: names that do not resolve are kept as names
+(validation passes report them), and sizes left to inference stay ``-1`` until
+the ``infer-mesh-shape`` pass fills them in. Source locations, when the plan
+came from a file, are copied onto the nodes so that passes can point at them.
 """
 
 from __future__ import annotations
 
-from titanax.frontend import MeshSpec, Plan
+from titanax.frontend import DP, PP, TP, MeshSpec, Plan, Precision
 from titanax.ir.graph import PlanIR
-from titanax.ir.nodes import AxisNode, DataParallelNode, EdgeKind, MeshNode, Node, ShardRuleNode
+from titanax.ir.nodes import (
+    AxisNode,
+    DataParallelNode,
+    EdgeKind,
+    MeshNode,
+    Node,
+    PipelineParallelNode,
+    PrecisionNode,
+    ShardRuleNode,
+    StageNode,
+    TensorParallelNode,
+)
 
 __all__ = ["build_ir", "connect_over_axes"]
 
@@ -34,18 +48,75 @@ def _add(ir: PlanIR, node_id: str, node: Node) -> str:
     return node_id
 
 
-def build_ir(mesh: MeshSpec, plan: Plan) -> PlanIR:
-    """Return the unvalidated IR for ``mesh`` and ``plan``."""
-    ir = PlanIR()
-    ir.add("mesh", MeshNode(devices=_mesh_devices_label(mesh), device_count=mesh.requested_device_count))
-    for position, (name, size) in enumerate(zip(mesh.axes, mesh.shape, strict=True)):
+def _build_mesh(ir: PlanIR, mesh: MeshSpec) -> None:
+    devices = MeshNode(
+        devices=_mesh_devices_label(mesh), device_count=mesh.requested_device_count, location=mesh.location
+    )
+    ir.add("mesh", devices)
+    locations = mesh.axis_locations or (None,) * len(mesh.axes)
+    for position, (name, size, location) in enumerate(zip(mesh.axes, mesh.shape, locations, strict=True)):
         # A repeated name gets a unique id so check-mesh can report it instead of the builder crashing.
         node_id = f"axis.{name}" if f"axis.{name}" not in ir else f"axis.{name}.{position}"
-        ir.add(node_id, AxisNode(name=name, size=size, position=position))
+        ir.add(node_id, AxisNode(name=name, size=size, position=position, location=location))
         ir.connect("mesh", node_id, EdgeKind.HAS_AXIS)
+
+
+def _build_data_parallel(ir: PlanIR, dp: DP) -> None:
+    _add(ir, "dp", DataParallelNode(axes=dp.axes, accumulate_steps=dp.accumulate_steps, location=dp.location))
+
+
+def _build_tensor_parallel(ir: PlanIR, tp: TP) -> None:
+    _add(ir, "tp", TensorParallelNode(axes=tp.axes, sequence_parallel=tp.sequence_parallel, location=tp.location))
+    for index, rule in enumerate(tp.rules):
+        if isinstance(rule.layout, str):
+            node = ShardRuleNode(pattern=rule.pattern, role=rule.layout, axes=tp.axes, location=rule.location)
+        else:
+            named = [
+                a
+                for entry in rule.layout
+                if entry is not None
+                for a in (entry if isinstance(entry, tuple) else (entry,))
+            ]
+            node = ShardRuleNode(
+                pattern=rule.pattern, role="spec", spec=rule.layout, axes=tuple(named), location=rule.location
+            )
+        rule_id = _add(ir, f"rule.tp.{index}", node)
+        ir.connect("tp", rule_id, EdgeKind.CONTAINS)
+
+
+def _build_pipeline(ir: PlanIR, pp: PP) -> None:
+    dim = PipelineParallelNode(axes=pp.axes, microbatches=pp.microbatches, schedule=pp.schedule, location=pp.location)
+    _add(ir, "pp", dim)
+    previous = None
+    for index, stage in enumerate(pp.stages or ()):
+        stage_id = ir.add(f"stage.{index}", StageNode(index=index, layers=stage.layers, location=stage.location))
+        ir.connect("pp", stage_id, EdgeKind.CONTAINS)
+        if previous is not None:
+            ir.connect(previous, stage_id, EdgeKind.NEXT)
+        previous = stage_id
+
+
+def _build_precision(ir: PlanIR, precision: Precision) -> None:
+    ir.add(
+        "precision",
+        PrecisionNode(
+            params=precision.params, compute=precision.compute, output=precision.output, location=precision.location
+        ),
+    )
+
+
+def build_ir(mesh: MeshSpec, plan: Plan) -> PlanIR:
+    """Return the unvalidated IR for ``mesh`` and ``plan``: the mesh, then one helper per dimension."""
+    ir = PlanIR()
+    _build_mesh(ir, mesh)
     if plan.data_parallel is not None:
-        dp = plan.data_parallel
-        _add(ir, "dp", DataParallelNode(axes=dp.axes, accumulate_steps=dp.accumulate_steps))
-    # Without tensor parallelism every parameter is replicated; the rule says so explicitly.
+        _build_data_parallel(ir, plan.data_parallel)
+    if plan.tensor_parallel is not None:
+        _build_tensor_parallel(ir, plan.tensor_parallel)
+    if plan.pipeline_parallel is not None:
+        _build_pipeline(ir, plan.pipeline_parallel)
+    if plan.precision is not None:
+        _build_precision(ir, plan.precision)
+    # Parameters no rule matches are replicated; this lowest-precedence rule says so explicitly.
     _add(ir, "rule.default", ShardRuleNode(pattern="**", role="replicated"))
     return ir

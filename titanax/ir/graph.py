@@ -9,6 +9,7 @@ listings are sorted, so everything derived from them is deterministic.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import TypeVar
 
@@ -22,6 +23,11 @@ from titanax.ir.nodes import (
     MeshNode,
     Node,
     NodeKind,
+    PipelineParallelNode,
+    PrecisionNode,
+    ShardRuleNode,
+    StageNode,
+    TensorParallelNode,
 )
 
 __all__ = ["PlanIR"]
@@ -29,6 +35,11 @@ __all__ = ["PlanIR"]
 N = TypeVar("N", bound=Node)
 
 _KIND_ORDER = {kind: i for i, kind in enumerate(NodeKind)}
+
+
+def _natural_key(node_id: str) -> tuple[object, ...]:
+    # "stage.10" sorts after "stage.9": numbers in ids compare as numbers.
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", node_id))
 
 
 class PlanIR:
@@ -79,7 +90,7 @@ class PlanIR:
 
     def ids(self) -> list[str]:
         """Every node id, ordered by node kind and then by id."""
-        return sorted(self._graph, key=lambda i: (_KIND_ORDER[self.node(i).kind], i))
+        return sorted(self._graph, key=lambda i: (_KIND_ORDER[self.node(i).kind], _natural_key(i)))
 
     def items(self, node_type: type[N] = Node) -> Iterator[tuple[str, N]]:  # type: ignore[assignment]
         """Yield ``(id, node)`` for every node of ``node_type``, in :meth:`ids` order."""
@@ -91,15 +102,19 @@ class PlanIR:
     def edges(self, kind: EdgeKind | None = None) -> list[tuple[str, str, EdgeKind]]:
         """Every edge ``(source, target, kind)``, sorted, optionally of one kind."""
         found = [(s, t, d["kind"]) for s, t, d in self._graph.edges(data=True) if kind is None or d["kind"] == kind]
-        return sorted(found)
+        return sorted(found, key=lambda e: (_natural_key(e[0]), _natural_key(e[1]), e[2]))
 
     def targets(self, node_id: str, kind: EdgeKind) -> list[str]:
         """Ids reached from ``node_id`` by edges of ``kind``, sorted."""
-        return sorted(t for _, t, d in self._graph.out_edges(node_id, data=True) if d["kind"] == kind)
+        return sorted(
+            (t for _, t, d in self._graph.out_edges(node_id, data=True) if d["kind"] == kind), key=_natural_key
+        )
 
     def sources(self, node_id: str, kind: EdgeKind) -> list[str]:
         """Ids with an edge of ``kind`` into ``node_id``, sorted."""
-        return sorted(s for s, _, d in self._graph.in_edges(node_id, data=True) if d["kind"] == kind)
+        return sorted(
+            (s for s, _, d in self._graph.in_edges(node_id, data=True) if d["kind"] == kind), key=_natural_key
+        )
 
     # -- conveniences for passes and lowering -----------------------------
     def mesh(self) -> MeshNode:
@@ -132,6 +147,28 @@ class PlanIR:
     def data_parallel(self) -> DataParallelNode | None:
         """The data-parallel dimension, if the plan has one."""
         return next((node for _, node in self.items(DataParallelNode)), None)
+
+    def tensor_parallel(self) -> TensorParallelNode | None:
+        """The tensor-parallel dimension, if the plan has one."""
+        return next((node for _, node in self.items(TensorParallelNode)), None)
+
+    def pipeline_parallel(self) -> PipelineParallelNode | None:
+        """The pipeline-parallel dimension, if the plan has one."""
+        return next((node for _, node in self.items(PipelineParallelNode)), None)
+
+    def precision(self) -> PrecisionNode | None:
+        """The mixed-precision policy, if the plan has one."""
+        return next((node for _, node in self.items(PrecisionNode)), None)
+
+    def shard_rules(self, owner: str) -> list[tuple[str, ShardRuleNode]]:
+        """The ``(id, rule)`` pairs contained by the dimension ``owner``, in id order."""
+        return [
+            (i, self.node(i)) for i in self.targets(owner, EdgeKind.CONTAINS) if isinstance(self.node(i), ShardRuleNode)
+        ]
+
+    def stages(self) -> list[StageNode]:
+        """Pipeline stages, first stage first."""
+        return sorted((node for _, node in self.items(StageNode)), key=lambda s: s.index)
 
     def collectives(self, operand: str | None = None) -> list[CollectiveNode]:
         """Collectives the step performs, optionally only those moving ``operand``."""

@@ -20,6 +20,9 @@ __all__ = [
     "MeshNode",
     "Node",
     "NodeKind",
+    "PipelineParallelNode",
+    "PrecisionNode",
+    "TensorParallelNode",
     "ScheduleOpNode",
     "ShardRuleNode",
     "StageNode",
@@ -45,6 +48,7 @@ class NodeKind(StrEnum):
     MESH = "mesh"
     AXIS = "axis"
     PARALLEL_DIM = "parallel_dim"
+    PRECISION = "precision"
     SHARD_RULE = "shard_rule"
     STAGE = "stage"
     COLLECTIVE = "collective"
@@ -60,6 +64,8 @@ class EdgeKind(StrEnum):
     """parallel dim / shard rule / collective -> axis: it partitions or communicates over the axis."""
     REQUIRES = "requires"
     """parallel dim -> collective: the dimension needs this collective in every step."""
+    CONTAINS = "contains"
+    """parallel dim -> shard rule / stage: the rule or stage belongs to that dimension."""
     NEXT = "next"
     """stage -> stage, schedule op -> schedule op: ordering."""
     RUNS = "runs"
@@ -125,6 +131,50 @@ class DataParallelNode(Node):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TensorParallelNode(Node):
+    """Tensor parallelism over ``axes``: parameters split by the shard rules it contains."""
+
+    kind = NodeKind.PARALLEL_DIM
+    type_name = "parallel_dim.tensor"
+    axes: tuple[str, ...]
+    sequence_parallel: bool = False
+    """Activations are sharded along the sequence around norms (reduce-scatter + all-gather)."""
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The node's ``axes``."""
+        return self.axes
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineParallelNode(Node):
+    """Pipeline parallelism over one axis: the stages it contains, run on a schedule."""
+
+    kind = NodeKind.PARALLEL_DIM
+    type_name = "parallel_dim.pipeline"
+    axes: tuple[str, ...]
+    microbatches: int
+    schedule: str
+    """``gpipe`` or ``1f1b``."""
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The node's ``axes``."""
+        return self.axes
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrecisionNode(Node):
+    """The mixed-precision policy: dtypes of stored parameters, of the math, of the outputs."""
+
+    kind = NodeKind.PRECISION
+    type_name = "precision"
+    params: str
+    compute: str
+    output: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShardRuleNode(Node):
     """How parameters whose path matches ``pattern`` are laid out on the mesh."""
 
@@ -134,7 +184,7 @@ class ShardRuleNode(Node):
     """Glob over ``/``-joined parameter paths."""
     role: str
     """``replicated``, ``column``, ``row`` or ``spec``."""
-    spec: tuple[str | None, ...] = ()
+    spec: tuple[str | tuple[str, ...] | None, ...] = ()
     """Per-dimension axis names for ``role == "spec"``."""
     axes: tuple[str, ...] = ()
     """Axes the matching parameters are sharded over."""
@@ -207,6 +257,9 @@ EDGE_RULES: dict[EdgeKind, frozenset[tuple[NodeKind, NodeKind]]] = {
         }
     ),
     EdgeKind.REQUIRES: frozenset({(NodeKind.PARALLEL_DIM, NodeKind.COLLECTIVE)}),
+    EdgeKind.CONTAINS: frozenset(
+        {(NodeKind.PARALLEL_DIM, NodeKind.SHARD_RULE), (NodeKind.PARALLEL_DIM, NodeKind.STAGE)}
+    ),
     EdgeKind.NEXT: frozenset({(NodeKind.STAGE, NodeKind.STAGE), (NodeKind.SCHEDULE_OP, NodeKind.SCHEDULE_OP)}),
     EdgeKind.RUNS: frozenset({(NodeKind.SCHEDULE_OP, NodeKind.STAGE)}),
 }

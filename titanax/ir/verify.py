@@ -22,6 +22,10 @@ from titanax.ir.nodes import (
     EdgeKind,
     MeshNode,
     Node,
+    PipelineParallelNode,
+    ShardRuleNode,
+    StageNode,
+    TensorParallelNode,
 )
 
 __all__ = ["verify_ir"]
@@ -87,12 +91,28 @@ def _check_collective(ir: PlanIR, node_id: str, node: CollectiveNode) -> list[Di
     return problems
 
 
+def _check_containment(ir: PlanIR) -> list[Diagnostic]:
+    # Rules belong to a TP dimension (except the default rule) and stages to a PP dimension.
+    problems = []
+    for node_id, node in ir.items():
+        owners = [ir.node(o) for o in ir.sources(node_id, EdgeKind.CONTAINS)]
+        if isinstance(node, ShardRuleNode) and node_id != "rule.default":
+            if len(owners) != 1 or not isinstance(owners[0], TensorParallelNode):
+                problems.append(_problem(f"shard rule %{node_id} must be contained by one tensor-parallel dimension"))
+        if isinstance(node, StageNode) and (len(owners) != 1 or not isinstance(owners[0], PipelineParallelNode)):
+            problems.append(_problem(f"stage %{node_id} must be contained by one pipeline dimension"))
+    stages = ir.stages()
+    if [s.index for s in stages] != list(range(len(stages))):
+        problems.append(_problem(f"stage indices must be 0..{len(stages) - 1}, found {[s.index for s in stages]}"))
+    return problems
+
+
 def verify_ir(ir: PlanIR, *, after: str = "build") -> None:
     """Raise :class:`IRVerificationError` if ``ir`` breaks a structural invariant.
 
     ``after`` names the pass that just ran, so the message points at the culprit.
     """
-    problems = _check_edges(ir) + _check_mesh_and_axes(ir)
+    problems = _check_edges(ir) + _check_mesh_and_axes(ir) + _check_containment(ir)
     for node_id, node in ir.items():
         problems += _check_axis_references(ir, node_id, node)
         if isinstance(node, CollectiveNode):

@@ -8,7 +8,10 @@ from titanax.passes.annotate_payloads import AnnotatePayloads
 from titanax.passes.base import PASS_REGISTRY, Pass, PassContext, Target, register_pass
 from titanax.passes.check_mesh import CheckMesh
 from titanax.passes.check_parallel_axes import CheckParallelAxes
-from titanax.passes.compile import DEFAULT_PASSES, compile_plan, passes_by_name
+from titanax.passes.check_pipeline import CheckPipeline
+from titanax.passes.check_precision import CheckPrecision
+from titanax.passes.check_tensor_parallel import CheckTensorParallel
+from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_plan, passes_by_name
 from titanax.passes.infer_mesh_shape import InferMeshShape
 from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
 from titanax.passes.pipeline import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
@@ -21,6 +24,9 @@ __all__ = [
     "AnnotatePayloads",
     "CheckMesh",
     "CheckParallelAxes",
+    "CheckPipeline",
+    "CheckPrecision",
+    "CheckTensorParallel",
     "InferMeshShape",
     "InsertDPCollectives",
     "Pass",
@@ -29,6 +35,7 @@ __all__ = [
     "PassPipeline",
     "PassTimings",
     "Target",
+    "VALIDATION_PASSES",
     "compile_plan",
     "passes_by_name",
     "print_after_each",

@@ -9,13 +9,32 @@ from titanax.ir import AxisNode, PlanIR
 from titanax.ir.nodes import UNRESOLVED_SIZE
 from titanax.passes.base import Pass, PassContext, register_pass
 
-__all__ = ["CheckMesh", "available_device_count"]
+__all__ = ["CheckMesh", "available_device_count", "resolved_axis_size"]
 
 
 def available_device_count(ir: PlanIR, ctx: PassContext) -> int | None:
     """Devices the mesh will use: the count the spec asks for, else what the target has."""
     requested = ir.mesh().device_count
     return requested if requested is not None else ctx.target.device_count
+
+
+def resolved_axis_size(ir: PlanIR, ctx: PassContext, name: str) -> int | None:
+    """The size axis ``name`` will have, inferring a ``-1`` if the device count allows; else ``None``.
+
+    Validation passes use it to check sizes before ``infer-mesh-shape`` runs, so that every
+    error of a plan is reported in one go.
+    """
+    axes = ir.axes()
+    axis = next((a for a in axes if a.name == name), None)
+    if axis is None or (axis.size < 1 and axis.size != UNRESOLVED_SIZE):
+        return None
+    if axis.size != UNRESOLVED_SIZE:
+        return axis.size
+    count = available_device_count(ir, ctx)
+    fixed = math.prod(a.size for a in axes if a.size != UNRESOLVED_SIZE)
+    if count is None or fixed < 1 or count % fixed or sum(a.size == UNRESOLVED_SIZE for a in axes) > 1:
+        return None
+    return count // fixed
 
 
 def _shape_text(axes: list[AxisNode]) -> str:
@@ -30,8 +49,9 @@ class CheckMesh(Pass):
     Rejects: a repeated axis name (TX101), a size below 1 other than ``-1``
     (TX102), sizes whose product is not the device count (TX103), asking for
     more devices than exist (TX104; ``MeshSpec`` also uses it for a bad
-    ``devices=`` value), more than one inferred size (TX106), and
-    an inferred size with no device count to infer it from (TX107).
+    ``devices=`` value) and more than one inferred size (TX106). A size left
+    to infer with no device count known is fine here; ``infer-mesh-shape``
+    reports it (TX107) if it is still unknown when sizes are needed.
     """
 
     name = "check-mesh"
@@ -61,11 +81,13 @@ class CheckMesh(Pass):
 
     def _check_device_count(self, ir: PlanIR, ctx: PassContext, axes: list[AxisNode]) -> None:
         requested, available = ir.mesh().device_count, ctx.target.device_count
+        where = ir.mesh().location
         if requested is not None and available is not None and requested > available:
             ctx.error(
                 "TX104",
                 f"the mesh asks for {requested} devices but only {available} are available",
                 f"use at most {available} devices, or run on a machine with more",
+                where,
             )
             return
         inferred = [a for a in axes if a.size == UNRESOLVED_SIZE]
@@ -75,24 +97,20 @@ class CheckMesh(Pass):
                 "TX106",
                 f"mesh axes {[a.name for a in inferred]} all have size -1; at most one size can be inferred",
                 "give every axis but one an explicit size",
+                where,
             )
             return
         if any(a.size < 1 and a.size != UNRESOLVED_SIZE for a in axes):
             return  # TX102 already explains the real problem
         count = available_device_count(ir, ctx)
         if count is None:
-            if inferred:
-                ctx.error(
-                    "TX107",
-                    f"cannot infer the size of mesh axis '{inferred[0].name}' without a device count",
-                    "give the axis an explicit size, or compile with a target device count",
-                )
             return
         if inferred and count % fixed:
             ctx.error(
                 "TX103",
                 f"{count} devices do not divide among the fixed mesh axes ({_shape_text(axes)}), product {fixed}",
                 f"choose fixed sizes whose product divides {count}",
+                where,
             )
         elif not inferred and fixed != count:
             hint = f"choose sizes whose product is {count}"
@@ -102,4 +120,5 @@ class CheckMesh(Pass):
                 "TX103",
                 f"mesh axis sizes ({_shape_text(axes)}) multiply to {fixed} but there are {count} devices",
                 hint,
+                where,
             )

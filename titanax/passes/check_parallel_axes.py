@@ -8,15 +8,20 @@ from dataclasses import dataclass
 from titanax.ir import NodeKind, PlanIR
 from titanax.passes.base import Pass, PassContext, register_pass
 
-__all__ = ["CheckParallelAxes", "did_you_mean"]
+__all__ = ["CheckParallelAxes", "did_you_mean", "suggest"]
+
+
+def suggest(name: str, known: list[str], what: str, otherwise: str = "") -> str:
+    """Return a hint naming the known name closest to ``name`` and listing ``what`` there is."""
+    close = difflib.get_close_matches(name, known, n=1)
+    listing = f"{what} are {', '.join(repr(k) for k in known)}" if known else f"there are no {what}"
+    head = f"did you mean '{close[0]}'? " if close else ""
+    return head + listing + (f"; {otherwise}" if otherwise and not close else "")
 
 
 def did_you_mean(name: str, known: list[str]) -> str:
-    """Return a hint naming the closest known name, or listing them all."""
-    close = difflib.get_close_matches(name, known, n=1)
-    if close:
-        return f"did you mean '{close[0]}'? mesh axes are {tuple(known)}"
-    return f"mesh axes are {tuple(known)}; add '{name}' to MeshSpec(axes=...) or use one of them"
+    """Return a hint naming the closest mesh axis, or listing them all."""
+    return suggest(name, known, "mesh axes", f"add '{name}' to the mesh or use one of them")
 
 
 @register_pass

@@ -10,14 +10,18 @@ from titanax.ir import PlanIR, build_ir
 from titanax.passes.base import DEFAULT_TARGET, PASS_REGISTRY, Pass, Target
 from titanax.passes.pipeline import PassCallback, PassPipeline, verify_after_each
 
-__all__ = ["DEFAULT_PASSES", "compile_plan", "passes_by_name"]
+__all__ = ["DEFAULT_PASSES", "VALIDATION_PASSES", "compile_plan", "passes_by_name"]
 
-DEFAULT_PASSES: tuple[str, ...] = (
+VALIDATION_PASSES: tuple[str, ...] = (
     "check-mesh",
     "check-parallel-axes",
-    "infer-mesh-shape",
-    "insert-dp-collectives",
+    "check-tensor-parallel",
+    "check-pipeline",
+    "check-precision",
 )
+"""The passes that only report errors; they run first, so one run reports every problem."""
+
+DEFAULT_PASSES: tuple[str, ...] = (*VALIDATION_PASSES, "infer-mesh-shape", "insert-dp-collectives")
 """The passes every plan goes through, in order: validation first, then rewrites."""
 
 

@@ -18,7 +18,8 @@ __all__ = ["InferMeshShape"]
 class InferMeshShape(Pass):
     """Resolve the axis size left as ``-1`` and the mesh's device count.
 
-    Needs ``check-mesh`` first; a size it cannot infer stays ``-1``.
+    Needs ``check-mesh`` first. With no device count to infer from (no ``devices``
+    count in the mesh, no target), it reports TX107.
     """
 
     name = "infer-mesh-shape"
@@ -27,6 +28,16 @@ class InferMeshShape(Pass):
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Replace ``-1`` sizes and set the mesh device count."""
         count = available_device_count(ir, ctx)
+        unresolved = [a.name for a in ir.axes() if a.size == UNRESOLVED_SIZE]
+        if count is None and unresolved:
+            axis = next(a for a in ir.axes() if a.size == UNRESOLVED_SIZE)
+            ctx.error(
+                "TX107",
+                f"cannot infer the size of mesh axis '{axis.name}' without a device count",
+                "give the axis an explicit size, or compile with a target device count (--devices N)",
+                axis.location,
+            )
+            return
         fixed = math.prod(a.size for a in ir.axes() if a.size != UNRESOLVED_SIZE)
         for node_id, axis in list(ir.items(AxisNode)):
             if axis.size == UNRESOLVED_SIZE and count is not None and fixed > 0 and count % fixed == 0:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
-from titanax.errors import OptimizerError
+from titanax.errors import Diagnostic, OptimizerError, PlanError
 from titanax.frontend import MeshSpec, Plan
 from titanax.ir import PlanIR, print_ir
 from titanax.lowering import available_devices, make_jax_mesh, replicated_spec
@@ -36,6 +36,32 @@ def _check_optimizer(optimizer: Any) -> None:
         f"optimizer must be an optax gradient transformation, got {type(optimizer).__name__}: {optimizer!r}",
         hint,
     )
+
+
+def _check_lowerable(ir: PlanIR) -> None:
+    # The language and the IR already describe these dimensions; refuse them here
+    # rather than run a step that silently ignores part of the plan.
+    missing = [
+        (name, node)
+        for name, node in (
+            ("tensor parallelism", ir.tensor_parallel()),
+            ("pipeline parallelism", ir.pipeline_parallel()),
+            ("a precision policy", ir.precision()),
+        )
+        if node is not None
+    ]
+    if missing:
+        raise PlanError(
+            [
+                Diagnostic(
+                    code="TX230",
+                    message=f"the plan uses {name}, which the Engine cannot run yet",
+                    hint="the plan is valid and `titanax compile` shows its IR; the Engine runs data parallelism only for now",
+                    location=node.location,
+                )
+                for name, node in missing
+            ]
+        )
 
 
 class Engine:
@@ -68,6 +94,7 @@ class Engine:
         target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
         self.ir: PlanIR = compile_plan(mesh, plan, target=target)
         """The plan IR after every default pass."""
+        _check_lowerable(self.ir)
         self.mesh: jax.sharding.Mesh = make_jax_mesh(self.ir, mesh)
         """The JAX mesh the steps run on."""
         self.host_step = 0

@@ -1,0 +1,130 @@
+"""``PP``: pipeline parallelism, the model cut into stages along one mesh axis."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from titanax.errors import Location, PlanError
+
+__all__ = ["SCHEDULES", "LayerRange", "PP", "Stage", "parse_layer"]
+
+SCHEDULES = ("gpipe", "1f1b")
+"""Pipeline schedules: all forwards then all backwards, or one-forward-one-backward."""
+
+_LAYER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)(?::(\d+))?\])?")
+
+
+@dataclass(frozen=True)
+class LayerRange:
+    """A parsed layer reference: ``embed`` (the whole entry) or ``block[0:6]`` (layers 0..5)."""
+
+    name: str
+    start: int | None = None
+    stop: int | None = None
+
+    def overlaps(self, other: LayerRange) -> bool:
+        """True when both ranges name at least one layer in common."""
+        if self.name != other.name:
+            return False
+        if self.start is None or other.start is None:
+            return True
+        return max(self.start, other.start) < min(self.stop, other.stop)  # type: ignore[type-var]
+
+    @property
+    def empty(self) -> bool:
+        """True for a range such as ``block[4:4]`` that names no layer."""
+        return self.start is not None and self.stop is not None and self.stop <= self.start
+
+
+def parse_layer(text: str) -> LayerRange | None:
+    """Parse ``name``, ``name[i]`` or ``name[i:j]``; ``None`` if ``text`` is none of these."""
+    match = _LAYER.fullmatch(text)
+    if match is None:
+        return None
+    name, start, stop = match.groups()
+    if start is None:
+        return LayerRange(name)
+    return LayerRange(name, int(start), int(stop) if stop is not None else int(start) + 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stage:
+    """The layers one pipeline stage runs, in order.
+
+    Example::
+
+        tx.Stage(layers=("embed", "block[0:6]"))
+    """
+
+    layers: tuple[str, ...]
+    """Layer references: a top-level parameter entry (``"embed"``) or a range of a stacked
+    entry (``"block[0:6]"`` is layers 0 to 5 of ``block``)."""
+    location: Location | None = field(default=None, compare=False, repr=False)
+    """Where the stage was written, when it came from a ``.tx`` file."""
+
+    def __post_init__(self) -> None:
+        layers = (self.layers,) if isinstance(self.layers, str) else self.layers
+        if not isinstance(layers, (tuple, list)) or not all(isinstance(x, str) for x in layers):
+            raise PlanError.single(
+                "TX204",
+                f"a pipeline stage must be a tuple of layer names, got {self.layers!r}",
+                'write ("embed", "block[0:6]")',
+            )
+        object.__setattr__(self, "layers", tuple(layers))
+
+
+def _stages_tuple(stages: object) -> tuple[Stage, ...] | None:
+    if stages is None:
+        return None
+    if isinstance(stages, Sequence) and not isinstance(stages, str):
+        return tuple(s if isinstance(s, Stage) else Stage(layers=s) for s in stages)
+    raise PlanError.single(
+        "TX204",
+        f"PP(stages=...) must be a sequence of stages, got {stages!r}",
+        'write stages=[("embed", "block[0:6]"), ("block[6:12]", "head")]',
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PP:
+    """Pipeline parallelism: one stage per index of ``axis``, microbatches flowing through them.
+
+    Example::
+
+        tx.PP(axis="pipe", microbatches=8, schedule="1f1b",
+              stages=[("embed", "block[0:6]"), ("block[6:12]", "head")])
+    """
+
+    axis: str
+    """The mesh axis whose indices are the stages."""
+    microbatches: int
+    """Microbatches each global batch is split into."""
+    schedule: str = "1f1b"
+    """One of :data:`SCHEDULES`."""
+    stages: Sequence[Stage] | Sequence[Sequence[str]] | None = None
+    """The layers of each stage, first stage first; ``None`` splits the model's stacked
+    blocks evenly (the embedding on the first stage, the head on the last)."""
+    location: Location | None = field(default=None, compare=False, repr=False)
+    """Where the dimension was declared, when it came from a ``.tx`` file."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.axis, str):
+            raise PlanError.single(
+                "TX204", f"PP(axis={self.axis!r}) must be one axis name", 'write PP(axis="pipe", ...)'
+            )
+        if not isinstance(self.microbatches, int) or isinstance(self.microbatches, bool):
+            raise PlanError.single(
+                "TX204", f"PP(microbatches={self.microbatches!r}) must be an integer", "write microbatches=8"
+            )
+        if not isinstance(self.schedule, str):
+            raise PlanError.single(
+                "TX204", f"PP(schedule={self.schedule!r}) must be a string", f"use one of {SCHEDULES}"
+            )
+        object.__setattr__(self, "stages", _stages_tuple(self.stages))
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The pipeline axis as a one-element tuple."""
+        return (self.axis,)

@@ -1,0 +1,93 @@
+"""``check-pipeline``: the schedule, microbatches and stages of pipeline parallelism fit together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from titanax.frontend import SCHEDULES, LayerRange, parse_layer
+from titanax.ir import PipelineParallelNode, PlanIR, StageNode
+from titanax.passes.base import Pass, PassContext, register_pass
+from titanax.passes.check_mesh import resolved_axis_size
+from titanax.passes.check_parallel_axes import suggest
+
+__all__ = ["CheckPipeline"]
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class CheckPipeline(Pass):
+    """Reject an unknown schedule (TX216), fewer than one microbatch (TX217), a stage
+    count other than the pipeline axis size (TX212), fewer microbatches than stages
+    under 1F1B (TX213), an empty stage (TX214), a layer in two stages (TX215) and a
+    malformed layer reference (TX218)."""
+
+    name = "check-pipeline"
+    validates = True
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Report every pipeline problem into ``ctx``."""
+        for _, dim in list(ir.items(PipelineParallelNode)):
+            if dim.schedule not in SCHEDULES:
+                ctx.error(
+                    "TX216",
+                    f"unknown pipeline schedule {dim.schedule!r}",
+                    suggest(dim.schedule, list(SCHEDULES), "schedules"),
+                    dim.location,
+                )
+            if dim.microbatches < 1:
+                ctx.error(
+                    "TX217",
+                    f"pipeline microbatches = {dim.microbatches}; it must be at least 1",
+                    "use at least as many microbatches as stages",
+                    dim.location,
+                )
+            stages = ir.stages()
+            axis_size = resolved_axis_size(ir, ctx, dim.axes[0])
+            if stages and axis_size is not None and len(stages) != axis_size:
+                ctx.error(
+                    "TX212",
+                    f"the pipeline has {len(stages)} stages but axis '{dim.axes[0]}' has size {axis_size}",
+                    f"give exactly {axis_size} stages (one per device along '{dim.axes[0]}'), or resize the axis to {len(stages)}",
+                    dim.location,
+                )
+            stage_count = len(stages) or axis_size
+            if dim.schedule == "1f1b" and stage_count is not None and 1 <= dim.microbatches < stage_count:
+                ctx.error(
+                    "TX213",
+                    f"1f1b needs at least as many microbatches as stages: {dim.microbatches} microbatches, {stage_count} stages",
+                    f"use microbatches >= {stage_count} (a multiple of {stage_count} keeps the pipeline full), or schedule gpipe",
+                    dim.location,
+                )
+            self._check_layers(stages, ctx)
+
+    @staticmethod
+    def _check_layers(stages: list[StageNode], ctx: PassContext) -> None:
+        placed: list[tuple[LayerRange, str, int]] = []
+        for stage in stages:
+            if not stage.layers:
+                ctx.error(
+                    "TX214",
+                    f"pipeline stage {stage.index} has no layers",
+                    "every stage must run at least one layer; move some layers into it or drop a stage",
+                    stage.location,
+                )
+            for text in stage.layers:
+                layer = parse_layer(text)
+                if layer is None or layer.empty:
+                    ctx.error(
+                        "TX218",
+                        f"stage {stage.index} names layer {text!r}, which is not NAME, NAME[i] or NAME[i:j] with i < j",
+                        'write "embed", "block[3]" or "block[0:6]" (layers 0 to 5)',
+                        stage.location,
+                    )
+                    continue
+                for other, other_text, other_stage in placed:
+                    if layer.overlaps(other):
+                        where = "twice in that stage" if other_stage == stage.index else f"also in stage {other_stage}"
+                        ctx.error(
+                            "TX215",
+                            f"stage {stage.index} runs {text!r}, which overlaps {other_text!r} {where}",
+                            "each layer must belong to exactly one stage; split the ranges so they do not overlap",
+                            stage.location,
+                        )
+                placed.append((layer, text, stage.index))

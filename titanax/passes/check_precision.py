@@ -1,0 +1,34 @@
+"""``check-precision``: the precision policy names dtypes Titanax can compute in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from titanax.frontend import DTYPES
+from titanax.ir import PlanIR, PrecisionNode
+from titanax.passes.base import Pass, PassContext, register_pass
+from titanax.passes.check_parallel_axes import suggest
+
+__all__ = ["CheckPrecision"]
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class CheckPrecision(Pass):
+    """Reject a dtype that is not a floating type Titanax supports (TX219)."""
+
+    name = "check-precision"
+    validates = True
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Report every unknown dtype of the policy into ``ctx``."""
+        for _, policy in list(ir.items(PrecisionNode)):
+            for field_name in ("params", "compute", "output"):
+                dtype = getattr(policy, field_name)
+                if dtype not in DTYPES:
+                    ctx.error(
+                        "TX219",
+                        f"precision {field_name} = {dtype!r} is not a supported floating dtype",
+                        suggest(dtype, list(DTYPES), "dtypes"),
+                        policy.location,
+                    )
