@@ -17,6 +17,7 @@ from titanax.errors import (
     TitanaxError,
 )
 from titanax.frontend import DP, PP, TP, MeshSpec, Plan, Precision, Rule, Stage
+from titanax.loader import LoadedPlan, load_plan
 
 # The runtime imports JAX; load it on first use so that the CLI and the
 # compiler stages (frontend, ir, passes) start without paying for JAX.
@@ -40,6 +41,7 @@ __all__ = [
     "BatchError",
     "Engine",
     "IRVerificationError",
+    "LoadedPlan",
     "MeshError",
     "MeshSpec",
     "OptimizerError",
@@ -55,6 +57,7 @@ __all__ = [
     "TrainState",
     "__version__",
     "errors",
+    "load_plan",
     "loggers",
     "optim",
     "step_fn",

@@ -2,28 +2,163 @@
 
 Examples::
 
-    titanax passes
+    titanax check plans/*.tx
+    titanax compile plans/3d.tx --dump-ir --format dot | dot -Tsvg > plan.svg
+    titanax fmt plans/3d.tx --check
     titanax plan --mesh data=4,model=2 --dp data --devices 8
-    titanax plan --mesh data=-1 --dp data --devices 8 --print-after-all
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from titanax import __version__
 from titanax.errors import MeshError, TitanaxError
 from titanax.frontend import DP, MeshSpec, Plan
-from titanax.ir import ir_to_dot, ir_to_json, print_ir
-from titanax.passes import DEFAULT_PASSES, PASS_REGISTRY, Target, compile_plan, print_after_each, verify_after_each
+from titanax.frontend.language import SourceFile, format_plan, parse
+from titanax.ir import PlanIR, ir_to_dot, ir_to_json, print_ir
+from titanax.loader import LoadedPlan, load_plan, read_source
+from titanax.passes import (
+    DEFAULT_PASSES,
+    PASS_REGISTRY,
+    VALIDATION_PASSES,
+    Target,
+    compile_plan,
+    parse_pipeline,
+    print_after_each,
+    verify_after_each,
+)
 
 __all__ = ["main"]
 
-_RENDERERS = {"text": print_ir, "json": ir_to_json, "dot": ir_to_dot}
+_FORMATS = ("text", "json", "dot")
 
 
+def _render(ir: PlanIR, fmt: str, locations: bool) -> str:
+    renderer = {"text": print_ir, "json": ir_to_json, "dot": ir_to_dot}[fmt]
+    return renderer(ir, locations=locations)
+
+
+def _report(err: TitanaxError) -> None:
+    """Print every diagnostic, in source order: located ones as ``path:line:col: error[...]``."""
+    ordered = sorted(
+        err.diagnostics,
+        key=lambda d: (
+            d.location is None,
+            d.location.path if d.location else "",
+            d.location.line if d.location else 0,
+            d.location.column if d.location else 0,
+        ),
+    )
+    for diagnostic in ordered:
+        text = diagnostic.render()
+        print(text if diagnostic.location else f"titanax: {text}", file=sys.stderr)
+    count = len(ordered)
+    print(f"titanax: {count} error{'s' if count > 1 else ''}", file=sys.stderr)
+
+
+def _target(args: argparse.Namespace, loaded: LoadedPlan | None = None) -> Target:
+    count = args.devices if args.devices is not None else (loaded.mesh.requested_device_count if loaded else None)
+    return Target(device_count=count)
+
+
+def _parse_pass_list(text: str | None, default: Sequence[str]) -> tuple[str, ...]:
+    return tuple(parse_pipeline(text)) if text else tuple(default)
+
+
+# -- titanax passes -------------------------------------------------------------
+def _cmd_passes(args: argparse.Namespace) -> int:
+    for name in sorted(PASS_REGISTRY):
+        # The docstring's first paragraph, on one line.
+        doc = " ".join((PASS_REGISTRY[name].__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "")
+        marker = "*" if name in DEFAULT_PASSES else " "
+        print(f"{marker} {name:24} {doc}")
+    print("\n* = in the default pipeline, in this order: " + ", ".join(DEFAULT_PASSES))
+    return 0
+
+
+# -- titanax compile ------------------------------------------------------------
+def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
+    axes = " x ".join(f"{a.name}={a.size}" for a in ir.axes())
+    count = ir.mesh().device_count
+    lines = [f"{loaded.path}: ok: mesh {axes} ({count if count is not None else '?'} devices)"]
+    for _, node in ir.items():
+        if node.kind == "parallel_dim":
+            details = {k: v for k, v in node.attributes().items() if k != "axes"}
+            extra = ", ".join(f"{k}={v}" for k, v in details.items())
+            lines.append(
+                f"  {node.type_name.removeprefix('parallel_dim.')} parallel over {', '.join(node.axis_names)} ({extra})"
+            )
+    for collective in ir.collectives():
+        reduction = f" {collective.reduction}" if collective.reduction else ""
+        lines.append(
+            f"  collective {collective.name}: {collective.op}{reduction} of {collective.operand} over {', '.join(collective.axes)} (group of {collective.group_size})"
+        )
+    if loaded.model:
+        lines.append(f"  model {loaded.model} (named in the file, not imported)")
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    loaded = load_plan(args.file, validate=False)
+    passes = _parse_pass_list(args.passes, DEFAULT_PASSES)
+    callbacks = [verify_after_each]
+    if args.print_after_all:
+        callbacks.append(print_after_each(sys.stdout))
+    ir = loaded.compile(target=_target(args, loaded), passes=passes, callbacks=callbacks)
+    if args.dump_ir:
+        sys.stdout.write(_render(ir, args.format, args.locations))
+    elif not args.print_after_all:
+        sys.stdout.write(_summary(loaded, ir))
+    return 0
+
+
+# -- titanax check ---------------------------------------------------------------
+def _cmd_check(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            loaded = load_plan(path, validate=False)
+            target = _target(args, loaded)
+            # Rewrites need sizes; with no device count known for an `auto` axis, only the checks run.
+            inferable = target.device_count is not None or all(s > 0 for s in loaded.mesh.shape)
+            loaded.compile(target=target, passes=DEFAULT_PASSES if inferable else VALIDATION_PASSES)
+        except TitanaxError as err:
+            _report(err)
+            failed += 1
+        else:
+            print(f"{path}: ok")
+    return 1 if failed else 0
+
+
+# -- titanax fmt -----------------------------------------------------------------
+def _cmd_fmt(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.files:
+        try:
+            source = SourceFile.from_bytes("<stdin>", sys.stdin.buffer.read()) if path == "-" else read_source(path)
+            formatted = format_plan(parse(source))
+        except TitanaxError as err:
+            _report(err)
+            status = 1
+            continue
+        if path == "-" or args.stdout:
+            sys.stdout.write(formatted)
+        elif formatted != source.text:
+            if args.check:
+                print(f"would reformat {path}")
+                status = 1
+            else:
+                with open(path, "w", encoding="utf-8", newline="\n") as out:
+                    out.write(formatted)
+                print(f"reformatted {path}")
+    return status
+
+
+# -- titanax plan (flags instead of a file) -----------------------------------
 def _parse_mesh(text: str) -> MeshSpec:
     axes, shape = [], []
     for item in text.split(","):
@@ -38,15 +173,6 @@ def _parse_mesh(text: str) -> MeshSpec:
     return MeshSpec(axes=tuple(axes), shape=tuple(shape))
 
 
-def _cmd_passes(args: argparse.Namespace) -> int:
-    for name in sorted(PASS_REGISTRY):
-        doc = (PASS_REGISTRY[name].__doc__ or "").strip().splitlines()[0]
-        marker = "*" if name in DEFAULT_PASSES else " "
-        print(f"{marker} {name:24} {doc}")
-    print("\n* = in the default pipeline, in this order: " + ", ".join(DEFAULT_PASSES))
-    return 0
-
-
 def _cmd_plan(args: argparse.Namespace) -> int:
     mesh = _parse_mesh(args.mesh)
     plan = Plan(
@@ -55,45 +181,123 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     callbacks = [verify_after_each]
     if args.print_after_all:
         callbacks.append(print_after_each(sys.stdout))
-    passes = tuple(p for p in args.passes.split(",") if p) if args.passes else DEFAULT_PASSES
+    passes = _parse_pass_list(args.passes, DEFAULT_PASSES)
     ir = compile_plan(mesh, plan, target=Target(device_count=args.devices), passes=passes, callbacks=callbacks)
     if not args.print_after_all:
-        sys.stdout.write(_RENDERERS[args.format](ir))
+        sys.stdout.write(_render(ir, args.format, False))
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="titanax", description="Explicit-parallel training for JAX: inspect plans.")
-    parser.add_argument("--version", action="version", version=f"titanax {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    passes = sub.add_parser("passes", help="list the IR passes", description="List every registered pass.")
-    passes.set_defaults(run=_cmd_passes)
-    plan = sub.add_parser(
-        "plan",
-        help="compile a plan given by flags and print its IR",
-        description="Compile a mesh and plan through the pass pipeline and print the IR.",
-        epilog="example: titanax plan --mesh data=4,model=2 --dp data --devices 8 --format text",
+# -- argument parsing ------------------------------------------------------------
+def _subcommand(sub, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, help="device count of the target (default: the mesh's own count)")
+    parser.add_argument(
+        "--passes", help="comma-separated passes to run instead of the default pipeline; options as name{key=value,...}"
+    )
+    parser.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
+    parser.add_argument("--format", choices=_FORMATS, default="text", help="IR output format (dot is for Graphviz)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="titanax",
+        description="Explicit-parallel training for JAX: check, format and compile parallel plans.",
+        epilog="run `titanax COMMAND --help` for each command's options and an example",
+    )
+    parser.add_argument("--version", action="version", version=f"titanax {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = _subcommand(
+        sub,
+        "compile",
+        "compile a .tx plan through the passes and show its IR",
+        "Parse a .tx plan, run the pass pipeline, and print a summary or the IR.",
+        "titanax compile examples/plans/3d.tx --dump-ir --format dot > plan.dot",
+    )
+    compile_.add_argument("file", help="the .tx plan file")
+    compile_.add_argument("--dump-ir", action="store_true", help="print the IR after all passes")
+    compile_.add_argument("--locations", action="store_true", help="annotate IR nodes with their source location")
+    _add_pipeline_flags(compile_)
+    compile_.set_defaults(run=_cmd_compile)
+
+    check = _subcommand(
+        sub,
+        "check",
+        "validate .tx plans, reporting every error",
+        "Parse and validate each plan file; print every error with its location. Exit 1 if any fails.",
+        "titanax check examples/plans/*.tx",
+    )
+    check.add_argument("files", nargs="+", metavar="FILE", help=".tx plan files")
+    check.add_argument("--devices", type=int, help="device count of the target (default: the mesh's own count)")
+    check.set_defaults(run=_cmd_check)
+
+    fmt = _subcommand(
+        sub,
+        "fmt",
+        "rewrite .tx plans in canonical form",
+        "Rewrite plan files in canonical form, keeping comments. Idempotent. `-` reads stdin and writes stdout.",
+        "titanax fmt examples/plans/*.tx --check",
+    )
+    fmt.add_argument("files", nargs="+", metavar="FILE", help=".tx plan files, or - for stdin")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file is not formatted")
+    fmt.add_argument("--stdout", action="store_true", help="print the formatted text instead of rewriting files")
+    fmt.set_defaults(run=_cmd_fmt)
+
+    passes = _subcommand(
+        sub,
+        "passes",
+        "list the IR passes",
+        "List every registered pass; * marks the default pipeline.",
+        "titanax passes",
+    )
+    passes.set_defaults(run=_cmd_passes)
+
+    plan = _subcommand(
+        sub,
+        "plan",
+        "compile a plan given by flags and print its IR",
+        "Compile a data-parallel mesh and plan given as flags (no file) and print the IR.",
+        "titanax plan --mesh data=4,model=2 --dp data --devices 8 --format text",
     )
     plan.add_argument("--mesh", required=True, help="axes as NAME=SIZE,... (-1 infers one size)")
     plan.add_argument("--dp", help="data-parallel axis or axes, comma-separated")
     plan.add_argument("--accumulate-steps", type=int, default=1, help="microbatches per device per step")
-    plan.add_argument("--devices", type=int, help="device count of the target (default: the mesh's product)")
-    plan.add_argument("--passes", help="comma-separated passes to run instead of the default pipeline")
-    plan.add_argument("--print-after-all", action="store_true", help="print the IR after every pass")
-    plan.add_argument("--format", choices=sorted(_RENDERERS), default="text", help="output format")
+    _add_pipeline_flags(plan)
     plan.set_defaults(run=_cmd_plan)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status (1 for any Titanax error)."""
+    """Run the command line; return the exit status (1 for any Titanax error, 2 for a bug)."""
     args = _parser().parse_args(argv)
     try:
         return args.run(args)
     except TitanaxError as err:
-        print(f"titanax: {err}", file=sys.stderr)
+        _report(err)
         return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (`| head`) went away; stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as err:  # noqa: BLE001 - the command line never shows a traceback
+        print(
+            f"titanax: internal error: {type(err).__name__}: {err}\n"
+            "titanax: this is a bug in Titanax; please report it with the command and the input file",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

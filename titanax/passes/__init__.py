@@ -11,7 +11,7 @@ from titanax.passes.check_parallel_axes import CheckParallelAxes
 from titanax.passes.check_pipeline import CheckPipeline
 from titanax.passes.check_precision import CheckPrecision
 from titanax.passes.check_tensor_parallel import CheckTensorParallel
-from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_plan, passes_by_name
+from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_plan, parse_pipeline, passes_by_name
 from titanax.passes.infer_mesh_shape import InferMeshShape
 from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
 from titanax.passes.pipeline import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
@@ -37,6 +37,7 @@ __all__ = [
     "Target",
     "VALIDATION_PASSES",
     "compile_plan",
+    "parse_pipeline",
     "passes_by_name",
     "print_after_each",
     "register_pass",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from titanax.errors import PlanError
 from titanax.ir import CollectiveNode, PlanIR
 from titanax.passes.base import Pass, PassContext, register_pass
 
@@ -22,6 +23,20 @@ class AnnotatePayloads(Pass):
     name = "annotate-payloads"
     operand_bytes: tuple[tuple[str, int], ...] = ()
     """``(operand, bytes)`` pairs, e.g. ``(("gradients", 4096), ("metrics", 4))``."""
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> AnnotatePayloads:
+        """``annotate-payloads{gradients=4096,metrics=4}``: bytes per operand."""
+        pairs = []
+        for operand, value in options.items():
+            if not value.isdigit():
+                raise PlanError.single(
+                    "TX220",
+                    f"annotate-payloads option {operand}={value!r} is not a byte count",
+                    "write annotate-payloads{gradients=4096,metrics=4}",
+                )
+            pairs.append((operand, int(value)))
+        return cls(operand_bytes=tuple(pairs))
 
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Fill in payload sizes."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
 
-from titanax.errors import Diagnostic, Location
+from titanax.errors import Diagnostic, Location, PlanError
 from titanax.ir import PlanIR
 
 __all__ = ["Pass", "PassContext", "Target", "PASS_REGISTRY", "register_pass"]
@@ -52,6 +52,18 @@ class Pass:
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Check or rewrite ``ir`` in place."""
         raise NotImplementedError
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> Pass:
+        """Build the pass from ``name{key=value,...}`` options in a pipeline string.
+
+        Passes without options reject any (TX220); passes with options override this.
+        """
+        if options:
+            raise PlanError.single(
+                "TX220", f"pass '{cls.name}' takes no options, got {sorted(options)}", f"write just {cls.name}"
+            )
+        return cls()
 
 
 DEFAULT_TARGET = Target()

@@ -10,7 +10,7 @@ from titanax.ir import PlanIR, build_ir
 from titanax.passes.base import DEFAULT_TARGET, PASS_REGISTRY, Pass, Target
 from titanax.passes.pipeline import PassCallback, PassPipeline, verify_after_each
 
-__all__ = ["DEFAULT_PASSES", "VALIDATION_PASSES", "compile_plan", "passes_by_name"]
+__all__ = ["DEFAULT_PASSES", "VALIDATION_PASSES", "compile_plan", "parse_pipeline", "passes_by_name"]
 
 VALIDATION_PASSES: tuple[str, ...] = (
     "check-mesh",
@@ -25,9 +25,44 @@ DEFAULT_PASSES: tuple[str, ...] = (*VALIDATION_PASSES, "infer-mesh-shape", "inse
 """The passes every plan goes through, in order: validation first, then rewrites."""
 
 
+def parse_pipeline(text: str) -> list[str]:
+    """Split ``"a,b{x=1,y=2},c"`` into pass entries, keeping commas inside braces."""
+    entries, depth, current = [], 0, ""
+    for char in text:
+        depth += (char == "{") - (char == "}")
+        if char == "," and depth == 0:
+            entries.append(current.strip())
+            current = ""
+        else:
+            current += char
+    entries.append(current.strip())
+    return [e for e in entries if e]
+
+
+def _split_entry(entry: str) -> tuple[str, dict[str, str]]:
+    name, brace, rest = entry.partition("{")
+    if not brace:
+        return entry.strip(), {}
+    if not rest.endswith("}"):
+        raise PlanError.single(
+            "TX220", f"pass entry {entry!r} has an unclosed option list", "write name{key=value,...}"
+        )
+    options: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in rest[:-1].split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise PlanError.single(
+                "TX220", f"pass option {item!r} in {entry!r} is not key=value", "write name{key=value,...}"
+            )
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def passes_by_name(names: Sequence[str]) -> list[Pass]:
-    """Instantiate passes by name; reject unknown ones (TX206) and missing prerequisites (TX207)."""
-    names = list(names)
+    """Instantiate passes from entries ``name`` or ``name{key=value,...}``; reject unknown
+    passes (TX206), missing prerequisites (TX207) and bad options (TX220)."""
+    entries = [_split_entry(entry) for entry in names]
+    names = [name for name, _ in entries]
     unknown = [n for n in names if n not in PASS_REGISTRY]
     if unknown:
         raise PlanError.single("TX206", f"unknown pass(es) {unknown}", f"known passes: {sorted(PASS_REGISTRY)}")
@@ -39,7 +74,7 @@ def passes_by_name(names: Sequence[str]) -> list[Pass]:
                 f"pass '{name}' needs {missing} to run before it",
                 f"use --passes {','.join([*missing, *names[: index + 1]])}",
             )
-    return [PASS_REGISTRY[name]() for name in names]
+    return [PASS_REGISTRY[name].from_options(options) for name, options in entries]
 
 
 def compile_plan(

@@ -1,0 +1,73 @@
+"""Plan source text: decoding bytes safely and turning positions into error locations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from titanax.errors import Diagnostic, Location, ParseError
+
+__all__ = ["MAX_SOURCE_BYTES", "SourceFile"]
+
+MAX_SOURCE_BYTES = 16 * 1024 * 1024
+"""Largest plan file read; a plan is a few hundred bytes, so anything near this is a mistake."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """The text of one plan, with its path for error messages.
+
+    Example::
+
+        source = SourceFile.from_bytes("plan.tx", b"mesh { data = 8 }")
+    """
+
+    path: str
+    text: str
+    lines: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Split on "\n" only, as the lexer counts lines, so that carets line up.
+        object.__setattr__(self, "lines", tuple(self.text.split("\n")))
+
+    @classmethod
+    def from_bytes(cls, path: str, data: bytes) -> SourceFile:
+        """Decode ``data`` as UTF-8; raise a located TX604 for anything else."""
+        if len(data) > MAX_SOURCE_BYTES:
+            raise ParseError(
+                Diagnostic(
+                    code="TX604",
+                    message=f"{path} is {len(data)} bytes; plan files are limited to {MAX_SOURCE_BYTES} bytes",
+                    hint="is this the right file? a plan is a few lines of text",
+                    location=Location(path=path, line=1, column=1),
+                )
+            )
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            prefix = data[: err.start]
+            line = prefix.count(b"\n") + 1
+            column = len(prefix[prefix.rfind(b"\n") + 1 :].decode("utf-8", errors="replace")) + 1
+            line_bytes = data[prefix.rfind(b"\n") + 1 :].split(b"\n", 1)[0]
+            raise ParseError(
+                Diagnostic(
+                    code="TX604",
+                    message=f"{path} is not valid UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})",
+                    hint="plan files are UTF-8 text; is this a binary file?",
+                    location=Location(
+                        path=path,
+                        line=line,
+                        column=column,
+                        line_text=line_bytes.decode("utf-8", errors="replace"),
+                    ),
+                )
+            ) from None
+        return cls(path, text.removeprefix("\ufeff"))
+
+    def location(self, line: int, column: int, length: int = 1) -> Location:
+        """The :class:`Location` of a span starting at 1-based ``line`` and ``column``."""
+        line = max(1, min(line, len(self.lines)))
+        return Location(path=self.path, line=line, column=column, length=length, line_text=self.lines[line - 1])
+
+    def end_location(self) -> Location:
+        """The location just past the last character, for errors at the end of the file."""
+        return self.location(len(self.lines), len(self.lines[-1]) + 1)
