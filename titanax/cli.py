@@ -145,16 +145,16 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
             _report(err)
             status = 1
             continue
-        if path == "-" or args.stdout:
-            sys.stdout.write(formatted)
-        elif formatted != source.text:
-            if args.check:
+        if args.check:
+            if formatted != source.text:
                 print(f"would reformat {path}")
                 status = 1
-            else:
-                with open(path, "w", encoding="utf-8", newline="\n") as out:
-                    out.write(formatted)
-                print(f"reformatted {path}")
+        elif path == "-" or args.stdout:
+            sys.stdout.write(formatted)
+        elif formatted != source.text:
+            with open(path, "w", encoding="utf-8", newline="\n") as out:
+                out.write(formatted)
+            print(f"reformatted {path}")
     return status
 
 

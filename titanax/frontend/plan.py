@@ -36,8 +36,8 @@ class DP:
         if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
             raise PlanError.single(
                 "TX203",
-                f"DP(accumulate_steps={steps!r}) must be a positive integer",
-                "use accumulate_steps=1 for no accumulation",
+                f"data parallelism's accumulate_steps = {steps!r} must be a positive integer",
+                "use accumulate_steps = 1 for no accumulation",
             )
 
     @property

@@ -18,7 +18,7 @@ SpecEntry = str | tuple[str, ...] | None
 
 
 def _spec_or_role(value: object, pattern: str) -> str | tuple[SpecEntry, ...]:
-    if isinstance(value, str):
+    if isinstance(value, str) and value != "spec":  # "spec" marks explicit specs in the IR
         return value
     if isinstance(value, (tuple, list)):
         entries: list[SpecEntry] = []
@@ -34,7 +34,7 @@ def _spec_or_role(value: object, pattern: str) -> str | tuple[SpecEntry, ...]:
     raise PlanError.single(
         "TX204",
         f"TP rule {pattern!r} maps to {value!r}, which is neither a role nor a partition spec",
-        f'use one of {ROLES} or a spec tuple such as (None, "model")',
+        f'use one of {ROLES} or a partition spec: (None, "model") in Python, (none, model) in a .tx file',
     )
 
 

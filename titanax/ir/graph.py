@@ -23,6 +23,7 @@ from titanax.ir.nodes import (
     MeshNode,
     Node,
     NodeKind,
+    ParamNode,
     PipelineParallelNode,
     PrecisionNode,
     ShardRuleNode,
@@ -165,6 +166,10 @@ class PlanIR:
         return [
             (i, self.node(i)) for i in self.targets(owner, EdgeKind.CONTAINS) if isinstance(self.node(i), ShardRuleNode)
         ]
+
+    def params(self) -> list[ParamNode]:
+        """Resolved parameter layouts, in path order (empty until ``resolve-shardings`` ran)."""
+        return [node for _, node in self.items(ParamNode)]
 
     def stages(self) -> list[StageNode]:
         """Pipeline stages, first stage first."""

@@ -20,6 +20,7 @@ __all__ = [
     "MeshNode",
     "Node",
     "NodeKind",
+    "ParamNode",
     "PipelineParallelNode",
     "PrecisionNode",
     "TensorParallelNode",
@@ -38,7 +39,7 @@ UNRESOLVED_SIZE = -1
 COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")
 """Collective operations, named as XLA names them in compiled HLO."""
 
-REDUCTIONS = ("mean", "sum")
+REDUCTIONS = ("mean", "sum", "max", "min")
 """Reductions an all-reduce or reduce-scatter may perform."""
 
 
@@ -50,6 +51,7 @@ class NodeKind(StrEnum):
     PARALLEL_DIM = "parallel_dim"
     PRECISION = "precision"
     SHARD_RULE = "shard_rule"
+    PARAM = "param"
     STAGE = "stage"
     COLLECTIVE = "collective"
     SCHEDULE_OP = "schedule_op"
@@ -66,6 +68,8 @@ class EdgeKind(StrEnum):
     """parallel dim -> collective: the dimension needs this collective in every step."""
     CONTAINS = "contains"
     """parallel dim -> shard rule / stage: the rule or stage belongs to that dimension."""
+    LAYS_OUT = "lays_out"
+    """shard rule -> param: the rule decided the parameter's layout."""
     NEXT = "next"
     """stage -> stage, schedule op -> schedule op: ordering."""
     RUNS = "runs"
@@ -196,6 +200,29 @@ class ShardRuleNode(Node):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ParamNode(Node):
+    """One parameter of the model and the layout its rule resolved to."""
+
+    kind = NodeKind.PARAM
+    type_name = "param"
+    path: str
+    """``/``-joined key path, e.g. ``block/attn/qkv/w``."""
+    shape: tuple[int, ...]
+    """Global shape."""
+    spec: tuple[str | tuple[str, ...] | None, ...]
+    """Partition spec, one entry per dimension (``none`` = whole)."""
+    local_shape: tuple[int, ...]
+    """Shape of the shard each device holds."""
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """Every axis the spec splits over."""
+        return tuple(
+            a for entry in self.spec if entry is not None for a in ((entry,) if isinstance(entry, str) else entry)
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class StageNode(Node):
     """A pipeline stage: a named range of layers placed on one index of the pipeline axis."""
 
@@ -253,10 +280,12 @@ EDGE_RULES: dict[EdgeKind, frozenset[tuple[NodeKind, NodeKind]]] = {
         {
             (NodeKind.PARALLEL_DIM, NodeKind.AXIS),
             (NodeKind.SHARD_RULE, NodeKind.AXIS),
+            (NodeKind.PARAM, NodeKind.AXIS),
             (NodeKind.COLLECTIVE, NodeKind.AXIS),
         }
     ),
     EdgeKind.REQUIRES: frozenset({(NodeKind.PARALLEL_DIM, NodeKind.COLLECTIVE)}),
+    EdgeKind.LAYS_OUT: frozenset({(NodeKind.SHARD_RULE, NodeKind.PARAM)}),
     EdgeKind.CONTAINS: frozenset(
         {(NodeKind.PARALLEL_DIM, NodeKind.SHARD_RULE), (NodeKind.PARALLEL_DIM, NodeKind.STAGE)}
     ),

@@ -22,6 +22,7 @@ from titanax.ir.nodes import (
     EdgeKind,
     MeshNode,
     Node,
+    ParamNode,
     PipelineParallelNode,
     ShardRuleNode,
     StageNode,
@@ -101,6 +102,9 @@ def _check_containment(ir: PlanIR) -> list[Diagnostic]:
                 problems.append(_problem(f"shard rule %{node_id} must be contained by one tensor-parallel dimension"))
         if isinstance(node, StageNode) and (len(owners) != 1 or not isinstance(owners[0], PipelineParallelNode)):
             problems.append(_problem(f"stage %{node_id} must be contained by one pipeline dimension"))
+    for node_id, _ in ir.items(ParamNode):
+        if len(ir.sources(node_id, EdgeKind.LAYS_OUT)) != 1:
+            problems.append(_problem(f"param %{node_id} must be laid out by exactly one shard rule"))
     stages = ir.stages()
     if [s.index for s in stages] != list(range(len(stages))):
         problems.append(_problem(f"stage indices must be 0..{len(stages) - 1}, found {[s.index for s in stages]}"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import AxisType, Mesh
 
-from titanax.errors import MeshError
+from titanax.errors import Diagnostic, MeshError
 from titanax.frontend import MeshSpec
 from titanax.ir import PlanIR
 
@@ -20,10 +20,13 @@ def available_devices(spec: MeshSpec) -> list[jax.Device]:
         try:
             return list(jax.devices(spec.platform))
         except RuntimeError as err:
-            raise MeshError.single(
-                "TX109",
-                f"MeshSpec(devices={spec.platform!r}): JAX has no '{spec.platform}' devices ({err})",
-                f"use devices=None for the default backend ({jax.default_backend()})",
+            raise MeshError(
+                Diagnostic(
+                    code="TX109",
+                    message=f"the mesh asks for '{spec.platform}' devices, which JAX does not have ({err})",
+                    hint=f"use all devices (the default backend is {jax.default_backend()})",
+                    location=spec.location,
+                )
             ) from None
     return list(jax.devices())
 

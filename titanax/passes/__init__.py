@@ -14,7 +14,9 @@ from titanax.passes.check_tensor_parallel import CheckTensorParallel
 from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_plan, parse_pipeline, passes_by_name
 from titanax.passes.infer_mesh_shape import InferMeshShape
 from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
+from titanax.passes.insert_traced_collectives import InsertTracedCollectives, TracedCollective
 from titanax.passes.pipeline import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
+from titanax.passes.resolve_shardings import ResolveShardings, glob_matches, rule_specificity
 
 __all__ = [
     "DEFAULT_PASSES",
@@ -29,17 +31,22 @@ __all__ = [
     "CheckTensorParallel",
     "InferMeshShape",
     "InsertDPCollectives",
+    "InsertTracedCollectives",
     "Pass",
     "PassContext",
     "PassEvent",
     "PassPipeline",
     "PassTimings",
+    "ResolveShardings",
     "Target",
+    "TracedCollective",
     "VALIDATION_PASSES",
     "compile_plan",
+    "glob_matches",
     "parse_pipeline",
     "passes_by_name",
     "print_after_each",
     "register_pass",
+    "rule_specificity",
     "verify_after_each",
 ]

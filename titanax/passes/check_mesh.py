@@ -73,8 +73,8 @@ class CheckMesh(Pass):
             if axis.size < 1 and axis.size != UNRESOLVED_SIZE:
                 ctx.error(
                     "TX102",
-                    f"mesh axis '{axis.name}' has size {axis.size}; sizes must be >= 1 (or -1 to infer)",
-                    "use a positive size, or -1 for one axis to take the remaining devices",
+                    f"mesh axis '{axis.name}' has size {axis.size}; sizes must be >= 1 (or -1 / auto to infer)",
+                    "use a positive size, or let one axis take the remaining devices (-1 in Python, auto in a .tx file)",
                     axis.location,
                 )
         self._check_device_count(ir, ctx, axes)
@@ -115,7 +115,7 @@ class CheckMesh(Pass):
         elif not inferred and fixed != count:
             hint = f"choose sizes whose product is {count}"
             if fixed < count:
-                hint += f", or pass devices={fixed} to use only {fixed} devices"
+                hint += f", or use only {fixed} devices (devices={fixed} in MeshSpec, devices = {fixed} in a .tx mesh)"
             ctx.error(
                 "TX103",
                 f"mesh axis sizes ({_shape_text(axes)}) multiply to {fixed} but there are {count} devices",

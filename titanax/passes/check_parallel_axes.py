@@ -13,7 +13,8 @@ __all__ = ["CheckParallelAxes", "did_you_mean", "suggest"]
 
 def suggest(name: str, known: list[str], what: str, otherwise: str = "") -> str:
     """Return a hint naming the known name closest to ``name`` and listing ``what`` there is."""
-    close = difflib.get_close_matches(name, known, n=1)
+    by_lower = {k.lower(): k for k in known}
+    close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=1)]
     listing = f"{what} are {', '.join(repr(k) for k in known)}" if known else f"there are no {what}"
     head = f"did you mean '{close[0]}'? " if close else ""
     return head + listing + (f"; {otherwise}" if otherwise and not close else "")

@@ -39,6 +39,12 @@ _STATEMENT_WORDS = {
 
 T = TypeVar("T")
 
+_PLATFORMS = ("cpu", "gpu", "tpu", "cuda", "rocm")
+"""Platform names a mesh's ``devices`` setting accepts (JAX's backend names)."""
+
+_EXAMPLES = {"accumulate_steps": "4", "microbatches": "8", "schedule": "1f1b", "sequence_parallel": "true"}
+"""An example value per setting, for hints (dtype settings use ``bfloat16``)."""
+
 
 @dataclass(frozen=True)
 class PlanFileContents:
@@ -143,7 +149,7 @@ class _Builder:
             self.error(
                 "TX609",
                 f"{what} setting '{item.key}' must be {expected}",
-                f"write {item.key} = {_example(kind)}",
+                f"write {item.key} = {_EXAMPLES.get(item.key, 'bfloat16')}",
                 item.value.span,
             )
         return ok
@@ -154,11 +160,20 @@ class _Builder:
         shape: list[int] = []
         axis_locations: list[Location | None] = []
         devices: Any = None
+        devices_item: ast.Setting | None = None
         errors_before = len(self.errors)
         for item in stmt.block.items:
             if not isinstance(item, ast.Setting):
                 self.settings(ast.Block((item,)), {}, "mesh")  # reports the misplaced rule or stage
+            elif item.key == "devices" and devices_item is not None:
+                self.error(
+                    "TX610",
+                    f"setting 'devices' is given twice in a mesh block (first at line {devices_item.span.line})",
+                    "keep one of them",
+                    item.span,
+                )
             elif item.key == "devices":
+                devices_item = item
                 devices = self.devices(item)
             elif not item.key.isidentifier():
                 self.error(
@@ -203,12 +218,17 @@ class _Builder:
                 )
                 return None
             return value.value
-        if isinstance(value, ast.NameValue):
-            return None if value.name == "all" else value.name
+        if isinstance(value, ast.NameValue) and value.name == "all":
+            return None
+        if isinstance(value, ast.NameValue) and value.name in _PLATFORMS:
+            return value.name
+        known = ["all", *_PLATFORMS]
+        close = difflib.get_close_matches(value.name, known, n=1) if isinstance(value, ast.NameValue) else []
         self.error(
             "TX609",
             "mesh setting 'devices' must be all, a device count or a platform name",
-            "write devices = all, devices = 8 or devices = gpu",
+            (f"did you mean '{close[0]}'? " if close else "")
+            + f"write devices = all, devices = 8 or one of {', '.join(_PLATFORMS)}",
             value.span,
         )
         return None
@@ -367,10 +387,6 @@ class _Builder:
 def _axis_arg(axes: tuple[ast.AxisName, ...]) -> str | tuple[str, ...]:
     # One axis is passed as a plain name, as Python users write it, so the objects compare equal.
     return axes[0].name if len(axes) == 1 else tuple(a.name for a in axes)
-
-
-def _example(kind: str) -> str:
-    return {"int": "4", "name": "1f1b", "bool": "true"}[kind]
 
 
 def to_plan(parsed: ParsedPlan) -> PlanFileContents:

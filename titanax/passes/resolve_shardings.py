@@ -1,0 +1,209 @@
+"""``resolve-shardings``: give every parameter a partition spec from the shard rules.
+
+The runtime runs this pass once it knows the parameter tree (paths and shapes);
+it adds one ``param`` node per parameter, laid out by the rule that won.
+
+Patterns are globs over ``/``-joined key paths: ``*`` matches within one key,
+``**`` across any number of keys, ``?`` one character. When several rules match
+a path, the most specific wins: the one with the most literal characters, then
+the one with fewer wildcards; the default rule (``**``, replicated) loses to
+every tensor-parallel rule. Two equally specific rules that give different
+layouts are an error (TX222), as is a rule that matches no parameter (TX221).
+
+Roles, for a parameter stored with its input dimension first:
+
+- ``replicated``: every device holds the whole parameter.
+- ``column``: split the first output dimension (dimension 1 of a matrix such as
+  ``(d_model, d_ff)`` or a head-major ``(d_model, heads, 3, head_dim)``;
+  dimension 0 of a bias).
+- ``row``: split the input dimension (dimension 0); a row-parallel layer's
+  bias stays replicated (it is added after the all-reduce).
+- an explicit spec: one entry per leading dimension, the rest unsplit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from dataclasses import dataclass
+
+from titanax.errors import PlanError
+from titanax.ir import EdgeKind, ParamNode, PlanIR, ShardRuleNode, TensorParallelNode
+from titanax.ir.build import connect_over_axes
+from titanax.passes.base import Pass, PassContext, register_pass
+
+__all__ = ["ResolveShardings", "glob_matches", "rule_specificity"]
+
+Spec = tuple[str | tuple[str, ...] | None, ...]
+
+
+@functools.cache
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def glob_matches(pattern: str, path: str) -> bool:
+    """Whether the glob ``pattern`` matches the whole ``/``-joined ``path``."""
+    return _glob_regex(pattern).fullmatch(path) is not None
+
+
+def rule_specificity(pattern: str) -> tuple[int, int]:
+    """Sort key of a pattern: more literal characters first, then fewer wildcards."""
+    wildcards = len(re.findall(r"\*\*|\*|\?", pattern))
+    literals = len(re.sub(r"[*?]", "", pattern))
+    return (literals, -wildcards)
+
+
+def _axis_entry(axes: tuple[str, ...]) -> str | tuple[str, ...]:
+    return axes[0] if len(axes) == 1 else axes
+
+
+def _entry_axes(entry: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else entry
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class ResolveShardings(Pass):
+    """Resolve every parameter's partition spec from the shard rules (most specific
+    rule wins); reject a rule matching nothing (TX221), an ambiguous tie (TX222), a
+    split dimension not divisible by its axes (TX223), a spec longer than the
+    parameter's rank (TX224) and a role that cannot apply to the shape (TX225)."""
+
+    name = "resolve-shardings"
+    requires = ("check-mesh", "check-tensor-parallel", "infer-mesh-shape")
+    parameters: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    """``(path, shape)`` of every parameter; an empty tuple leaves the IR as it is."""
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> ResolveShardings:
+        """``resolve-shardings{block/w=64x256,block/b=256}``: parameter shapes by path."""
+        parameters = []
+        for path, dims in options.items():
+            try:
+                shape = tuple(int(d) for d in dims.split("x")) if dims else ()
+            except ValueError:
+                raise PlanError.single(
+                    "TX220",
+                    f"resolve-shardings option {path}={dims!r} is not a shape",
+                    "write path=4x8 (dimensions joined by x)",
+                ) from None
+            parameters.append((path, shape))
+        return cls(parameters=tuple(parameters))
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Add a ``param`` node per parameter, or report why its layout cannot be decided."""
+        if not self.parameters:
+            return
+        tp_id, tp = next(ir.items(TensorParallelNode), (None, None))
+        rules = ir.shard_rules(tp_id) if tp_id else []
+        default = ("rule.default", ir.node("rule.default"))
+        sizes = ir.axis_sizes()
+        used: set[str] = set()
+        for path, shape in self.parameters:
+            matching = [(rid, r) for rid, r in rules if glob_matches(r.pattern, path)]
+            decided = self._choose(path, shape, matching, tp, ctx) if matching else default
+            if decided is None:
+                continue
+            rule_id, rule = decided
+            used.add(rule_id)
+            spec = self._spec(path, shape, rule, tp, sizes, ctx)
+            if spec is None:
+                continue
+            local = tuple(
+                dim // math.prod(sizes[a] for a in _entry_axes(entry)) for dim, entry in zip(shape, spec, strict=True)
+            )
+            node = ParamNode(path=path, shape=shape, spec=spec, local_shape=local)
+            param_id = ir.add(f"param.{path}", node)
+            ir.connect(rule_id, param_id, EdgeKind.LAYS_OUT)
+            connect_over_axes(ir, param_id, node)
+        paths = [p for p, _ in self.parameters]
+        for rule_id, rule in rules:
+            if rule_id not in used and not any(glob_matches(rule.pattern, p) for p in paths):
+                close = difflib.get_close_matches(rule.pattern, paths, n=3, cutoff=0.3)
+                ctx.error(
+                    "TX221",
+                    f"TP rule {rule.pattern!r} matches no parameter",
+                    (f"closest parameter paths: {close}" if close else f"parameter paths look like {paths[:3]}")
+                    + "; * matches within one key, ** across keys",
+                    rule.location,
+                )
+
+    @staticmethod
+    def _choose(path, shape, matching, tp, ctx) -> tuple[str, ShardRuleNode] | None:
+        best = max(rule_specificity(r.pattern) for _, r in matching)
+        top = [(rid, r) for rid, r in matching if rule_specificity(r.pattern) == best]
+        layouts = {(r.role, r.spec) for _, r in top}
+        if len(layouts) > 1:
+            patterns = [r.pattern for _, r in top]
+            ctx.error(
+                "TX222",
+                f"parameter {path} {shape} matches equally specific TP rules {patterns} with different layouts",
+                "make one pattern more specific (more literal characters), or delete one",
+                top[0][1].location,
+            )
+            return None
+        return top[0]
+
+    @staticmethod
+    def _spec(path, shape, rule: ShardRuleNode, tp, sizes, ctx) -> Spec | None:
+        ndim = len(shape)
+        tp_entry = _axis_entry(tp.axes) if tp is not None else None
+        if rule.role == "replicated":
+            spec: Spec = (None,) * ndim
+        elif rule.role in ("column", "row"):
+            dim = 0 if rule.role == "row" or ndim == 1 else 1
+            if ndim == 0 or (rule.role == "row" and ndim == 1):
+                what = "a scalar" if ndim == 0 else "a vector (a row-parallel layer's bias stays replicated)"
+                ctx.error(
+                    "TX225",
+                    f"TP rule {rule.pattern!r} makes parameter {path} {shape} {rule.role}-parallel, but it is {what}",
+                    f"map {path} to replicated, or narrow the pattern so it matches weight matrices only",
+                    rule.location,
+                )
+                return None
+            spec = tuple(tp_entry if i == dim else None for i in range(ndim))
+        else:
+            if len(rule.spec) > ndim:
+                ctx.error(
+                    "TX224",
+                    f"partition spec {rule.spec} of TP rule {rule.pattern!r} has {len(rule.spec)} entries but parameter {path} has shape {shape}",
+                    f"give at most {ndim} entries, one per dimension",
+                    rule.location,
+                )
+                return None
+            spec = tuple(rule.spec) + (None,) * (ndim - len(rule.spec))
+        for dim, (size, entry) in enumerate(zip(shape, spec, strict=True)):
+            axes = _entry_axes(entry)
+            parts = math.prod(sizes[a] for a in axes)
+            if axes and size % parts:
+                named = ", ".join(f"'{a}' (size {sizes[a]})" for a in axes)
+                ctx.error(
+                    "TX223",
+                    f"parameter {path} has shape {shape}; dimension {dim} ({size}) does not split over axis {named}",
+                    f"make dimension {dim} a multiple of {parts}, or shard a different dimension, or use a smaller axis",
+                    rule.location,
+                )
+                return None
+        return spec
