@@ -47,3 +47,47 @@ def reference_run(optimizer: optax.GradientTransformation, params: dict, batches
         params, opt_state, loss = step(params, opt_state, batch)
         losses.append(float(loss))
     return losses, params
+
+
+# -- a GPT, written independently of titanax.nn, as the TP reference ------------------
+GPT = {"vocab": 64, "seq_len": 16, "d_model": 32, "heads": 8, "d_ff": 64, "layers": 2}
+
+
+def ref_layer_norm(p: dict, x: jax.Array) -> jax.Array:
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / jnp.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5) * p["scale"] + p["bias"]
+
+
+def ref_gpt_loss(params: dict, ids: jax.Array, labels: jax.Array) -> jax.Array:
+    """Next-token loss of the GPT in plain jnp: full matrices, explicit softmax, no collectives."""
+    seq = ids.shape[1]
+    x = params["embed"]["tokens"][ids] + params["pos"][:seq]
+    mask = jnp.tril(jnp.ones((seq, seq), bool))
+    for name in sorted(params["blocks"], key=int):
+        p = params["blocks"][name]
+        h = ref_layer_norm(p["ln1"], x)
+        w = p["attn"]["qkv"]["w"]
+        d, heads, _, hd = w.shape
+        qkv = h @ w.reshape(d, -1) + p["attn"]["qkv"]["b"]
+        qkv = qkv.reshape(*h.shape[:2], heads, 3, hd)
+        q, k, v = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+        att = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(hd)
+        att = jax.nn.softmax(jnp.where(mask, att, -1e30), axis=-1)
+        ctx = jnp.einsum("bhqk,bkhd->bqhd", att, v).reshape(*h.shape[:2], heads * hd)
+        x = x + ctx @ p["attn"]["out"]["w"].reshape(heads * hd, d) + p["attn"]["out"]["b"]
+        h = ref_layer_norm(p["ln2"], x)
+        up = jax.nn.gelu(h @ p["mlp"]["up"]["w"] + p["mlp"]["up"]["b"])
+        x = x + up @ p["mlp"]["down"]["w"] + p["mlp"]["down"]["b"]
+    logits = ref_layer_norm(params["ln_f"], x) @ params["head"]["w"]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[..., None], axis=-1))
+
+
+def gpt_batches(steps: int, batch_size: int, seed: int = 3) -> list[dict]:
+    key = jax.random.PRNGKey(seed)
+    batches = []
+    for _ in range(steps):
+        key, sub = jax.random.split(key)
+        ids = jax.random.randint(sub, (batch_size, GPT["seq_len"] + 1), 0, GPT["vocab"])
+        batches.append({"ids": ids[:, :-1], "labels": ids[:, 1:]})
+    return batches

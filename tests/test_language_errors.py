@@ -19,7 +19,7 @@ CASES = [
     ("TX108", "mesh { devices = 8 }", 1, 1, "the mesh declares no axis"),
     ("TX201", MESH + "data_parallel over dta", 2, 1, "data parallelism uses axis 'dta'"),
     ("TX202", MESH + "data_parallel over data\ntensor_parallel over data", 3, 1, "axis 'data' is used by both"),
-    ("TX203", MESH + "data_parallel over data {\n  accumulate_steps = 0\n}", 3, 3, "accumulate_steps=0"),
+    ("TX203", MESH + "data_parallel over data {\n  accumulate_steps = 0\n}", 3, 3, "accumulate_steps = 0"),
     ("TX205", MESH + "data_parallel over (data, data)", 2, 1, "lists axis ['data'] more than once"),
     ("TX208", MESH + 'tensor_parallel over model { "*/w" = colum }', 2, 30, "unknown role 'colum'"),
     (

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "titanax"
-ORDER = ["errors", "frontend", "ir", "passes", "lowering", "runtime"]
+ORDER = ["errors", "frontend", "ir", "passes", "lowering", "runtime", "nn"]
 JAX_FREE = {"errors", "frontend", "ir", "passes", "cli", "loader"}
 
 

@@ -37,8 +37,9 @@ def test_no_recompilation_after_the_first_step():
     assert int(state.step) == 5
 
 
-def test_create_state_copies_so_donation_spares_user_params():
-    params = jax.device_put(init_mlp(), jax.devices()[0])
+@pytest.mark.parametrize("committed", [True, False])
+def test_create_state_copies_so_donation_spares_user_params(committed):
+    params = jax.device_put(init_mlp(), jax.devices()[0]) if committed else init_mlp()
     expected = jax.tree.map(np.asarray, params)
     step = make_step()
     state = make_engine().create_state(params)

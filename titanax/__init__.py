@@ -21,7 +21,7 @@ from titanax.loader import LoadedPlan, load_plan
 
 # The runtime imports JAX; load it on first use so that the CLI and the
 # compiler stages (frontend, ir, passes) start without paying for JAX.
-_RUNTIME_NAMES = ("Engine", "StepFn", "TrainState", "loggers", "optim", "step_fn")
+_RUNTIME_NAMES = ("Engine", "StepFn", "TrainState", "collectives", "loggers", "optim", "step_fn")
 
 
 def __getattr__(name: str):
@@ -29,6 +29,10 @@ def __getattr__(name: str):
         from titanax import runtime
 
         return getattr(runtime, name)
+    if name == "nn":
+        import titanax.nn
+
+        return titanax.nn
     raise AttributeError(f"module 'titanax' has no attribute {name!r}")
 
 
@@ -56,9 +60,11 @@ __all__ = [
     "TitanaxError",
     "TrainState",
     "__version__",
+    "collectives",
     "errors",
     "load_plan",
     "loggers",
+    "nn",
     "optim",
     "step_fn",
 ]

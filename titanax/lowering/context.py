@@ -45,10 +45,25 @@ def active_step_context() -> StepContext | None:
 class StepContext:
     """Receives the gradients of one trace of the user's step function."""
 
-    def __init__(self, *, state: StepState, sync: Callable[[Any], Any], accumulate: bool):
+    def __init__(
+        self,
+        *,
+        state: StepState,
+        sync: Callable[[Any], Any],
+        accumulate: bool,
+        tp_axes: tuple[str, ...] = (),
+        sequence_parallel: bool = False,
+        mesh_axes: tuple[str, ...] = (),
+    ):
         self._state = state
         self._sync = sync
         self._accumulate = accumulate
+        self.tp_axes = tp_axes
+        """The plan's tensor-parallel axes (empty without TP); ``titanax.nn`` layers read them."""
+        self.sequence_parallel = sequence_parallel
+        """Whether the plan shards activations along the sequence between TP regions."""
+        self.mesh_axes = mesh_axes
+        """Every mesh axis name, for checking the axes ``tx.collectives`` are given."""
         self.grads: Any = None
         self.called = False
 

@@ -7,8 +7,14 @@ The program, per device:
 2. the user's function runs on the local batch shard, once or once per
    microbatch inside a ``lax.scan`` when ``accumulate_steps > 1``;
 3. the gradients pass through the IR's gradient collectives (one all-reduce
-   mean over the DP axes), the optimizer runs on replicated values, and the
-   metrics pass through the IR's metric collectives.
+   mean over the DP axes), the optimizer runs on each device's parameter
+   shards (whole parameters without tensor parallelism), and the metrics pass
+   through the IR's metric collectives.
+
+The state's partition specs come from the IR's ``param`` nodes: replicated
+without tensor parallelism, split over the TP axes where a shard rule says so.
+Collectives the lowering inserts run under the named scope ``TITANAX_SCOPE``,
+so that tracing tells them apart from the ones the user's code performs.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from titanax.errors import BatchError, Diagnostic
 from titanax.ir import PlanIR
 from titanax.lowering.collectives import emit_collectives, make_varying
 from titanax.lowering.context import StepContext, StepState
+from titanax.lowering.trace import TITANAX_SCOPE
 
 __all__ = ["CompiledStep", "replicated_spec"]
 
@@ -49,8 +56,10 @@ def _path_text(path: tuple[Any, ...]) -> str:
 class CompiledStep:
     """A user step function lowered under one IR and mesh; call it like the function."""
 
-    def __init__(self, fn: UserStep, ir: PlanIR, mesh: Mesh, *, donate_state: bool):
-        dp = ir.data_parallel()
+    def __init__(self, fn: UserStep, ir: PlanIR, mesh: Mesh, *, donate_state: bool, state_specs: Any = None):
+        dp, tp = ir.data_parallel(), ir.tensor_parallel()
+        self.tp_axes: tuple[str, ...] = tp.axes if tp else ()
+        self.sequence_parallel = bool(tp and tp.sequence_parallel)
         self.fn = fn
         self.ir = ir
         self.mesh = mesh
@@ -61,7 +70,15 @@ class CompiledStep:
         self._metric_collectives = ir.collectives("metrics")
         batch_spec = P(self.dp_axes) if self.dp_axes else P()
         self.batch_sharding = NamedSharding(mesh, batch_spec)
-        program = jax.shard_map(self._body, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P()), check_vma=True)
+        # A spec tree for the state (TrainState-shaped), or P() for an all-replicated state.
+        self.state_specs = P() if state_specs is None else state_specs
+        program = jax.shard_map(
+            self._body,
+            mesh=mesh,
+            in_specs=(self.state_specs, batch_spec),
+            out_specs=(self.state_specs, P()),
+            check_vma=True,
+        )
         self._jitted = jax.jit(program, donate_argnums=(0,) if donate_state else ())
         self._checked_batches: set[Any] = set()
 
@@ -73,6 +90,10 @@ class CompiledStep:
     def lower(self, state: Any, batch: Any) -> jax.stages.Lowered:
         """Return JAX's ``Lowered`` for this step, for HLO, cost and memory analysis."""
         return self._jitted.lower(state, self.place_batch(batch))
+
+    def jaxpr(self, state: Any, batch: Any) -> Any:
+        """The step's closed jaxpr (the ``shard_map`` body included), for finding its collectives."""
+        return jax.make_jaxpr(self._jitted)(state, self.place_batch(batch))
 
     def eval_shape(self, state: Any, batch: Any) -> Any:
         """Shapes and dtypes of ``(new_state, metrics)``, without running the step."""
@@ -134,12 +155,23 @@ class CompiledStep:
 
     # -- the per-device program -------------------------------------------
     def _sync_gradients(self, grads: Any) -> Any:
-        return emit_collectives(self._grad_collectives, grads)
+        with jax.named_scope(TITANAX_SCOPE):
+            return emit_collectives(self._grad_collectives, grads)
+
+    def _context(self, state: StepState, accumulate: bool) -> StepContext:
+        return StepContext(
+            state=state,
+            sync=self._sync_gradients,
+            accumulate=accumulate,
+            tp_axes=self.tp_axes,
+            sequence_parallel=self.sequence_parallel,
+            mesh_axes=tuple(self.mesh.axis_names),
+        )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
         seen = state.replace(params=make_varying(state.params, self.dp_axes))
         if self.accumulate_steps == 1:
-            ctx = StepContext(state=state, sync=self._sync_gradients, accumulate=False)
+            ctx = self._context(state, accumulate=False)
             with ctx.active():
                 returned, metrics = self.fn(seen, batch)
             # What the user returns after apply_gradients (clipped, replaced...) is kept; a step
@@ -147,7 +179,8 @@ class CompiledStep:
             new_state = returned if ctx.called else state
         else:
             new_state, metrics = self._accumulated(state, seen, batch)
-        return new_state, emit_collectives(self._metric_collectives, metrics)
+        with jax.named_scope(TITANAX_SCOPE):
+            return new_state, emit_collectives(self._metric_collectives, metrics)
 
     def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any]:
         k = self.accumulate_steps
@@ -155,7 +188,7 @@ class CompiledStep:
         traced: list[StepContext] = []
 
         def one_microbatch(grad_sum: Any, microbatch: Any) -> tuple[Any, Any]:
-            ctx = StepContext(state=state, sync=self._sync_gradients, accumulate=True)
+            ctx = self._context(state, accumulate=True)
             traced.append(ctx)
             with ctx.active():
                 _, metrics = self.fn(seen, microbatch)

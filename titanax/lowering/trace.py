@@ -50,16 +50,20 @@ def _axes(params: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _where(eqn: Any) -> str:
+    """The first frame outside JAX and outside ``tx.collectives``' thin wrappers."""
     try:
         from jax._src import source_info_util
 
-        frame = source_info_util.user_frame(eqn.source_info.traceback)
+        frames = source_info_util.user_frames(eqn.source_info.traceback)
+        frame = next(
+            (f for f in frames if not f.file_name.replace("\\", "/").endswith("titanax/runtime/collectives.py")), None
+        )
     except Exception:  # noqa: BLE001 - the location is a courtesy; never fail the trace for it
         frame = None
     if frame is None:
         return "<unknown>"
     parts = frame.file_name.replace("\\", "/").split("/")
-    short = "/".join(parts[-3:]) if "titanax" in parts else "/".join(parts[-2:])
+    short = "/".join(parts[parts.index("titanax") :]) if "titanax" in parts else "/".join(parts[-2:])
     return f"{short}:{frame.start_line} ({frame.function_name})"
 
 

@@ -1,8 +1,8 @@
 """Runtime: the Engine, the training state, compiled step functions, optimizers, loggers."""
 
-from titanax.runtime import loggers, optim
+from titanax.runtime import collectives, loggers, optim
 from titanax.runtime.engine import Engine
 from titanax.runtime.state import TrainState
 from titanax.runtime.step_fn import StepFn, step_fn
 
-__all__ = ["Engine", "StepFn", "TrainState", "loggers", "optim", "step_fn"]
+__all__ = ["Engine", "StepFn", "TrainState", "collectives", "loggers", "optim", "step_fn"]

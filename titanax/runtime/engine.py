@@ -14,8 +14,14 @@ from jax.sharding import NamedSharding
 from titanax.errors import Diagnostic, OptimizerError, PlanError
 from titanax.frontend import MeshSpec, Plan
 from titanax.ir import PlanIR, print_ir
-from titanax.lowering import available_devices, make_jax_mesh, replicated_spec
-from titanax.passes import Target, compile_plan
+from titanax.lowering import (
+    available_devices,
+    make_jax_mesh,
+    optimizer_state_specs,
+    param_paths_and_shapes,
+    param_specs,
+)
+from titanax.passes import PassPipeline, ResolveShardings, Target, compile_plan
 from titanax.runtime.loggers import Logger
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.state import TrainState
@@ -44,7 +50,6 @@ def _check_lowerable(ir: PlanIR) -> None:
     missing = [
         (name, node)
         for name, node in (
-            ("tensor parallelism", ir.tensor_parallel()),
             ("pipeline parallelism", ir.pipeline_parallel()),
             ("a precision policy", ir.precision()),
         )
@@ -56,7 +61,7 @@ def _check_lowerable(ir: PlanIR) -> None:
                 Diagnostic(
                     code="TX230",
                     message=f"the plan uses {name}, which the Engine cannot run yet",
-                    hint="the plan is valid and `titanax compile` shows its IR; the Engine runs data parallelism only for now",
+                    hint="the plan is valid and `titanax compile` shows its IR; the Engine runs data and tensor parallelism only for now",
                     location=node.location,
                 )
                 for name, node in missing
@@ -91,10 +96,16 @@ class Engine:
         self.plan = plan
         self.optimizer = optimizer
         self.loggers = tuple(loggers)
-        target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
-        self.ir: PlanIR = compile_plan(mesh, plan, target=target)
-        """The plan IR after every default pass."""
-        _check_lowerable(self.ir)
+        self._target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
+        self.plan_ir: PlanIR = compile_plan(mesh, plan, target=self._target)
+        """The plan IR after every default pass, before any parameters are known."""
+        _check_lowerable(self.plan_ir)
+        self.ir: PlanIR = self.plan_ir
+        """The plan IR; after :meth:`create_state` it also lists every parameter's layout."""
+        self.state_specs: Any = None
+        """Partition specs of the ``TrainState`` fields, set by :meth:`create_state`."""
+        self.layout_version = 0
+        """Bumped by each :meth:`create_state`, so compiled steps know when layouts changed."""
         self.mesh: jax.sharding.Mesh = make_jax_mesh(self.ir, mesh)
         """The JAX mesh the steps run on."""
         self.host_step = 0
@@ -110,21 +121,34 @@ class Engine:
         return print_ir(self.ir)
 
     def create_state(self, params: Any) -> TrainState:
-        """Place a copy of ``params`` on the mesh and initialise the optimizer state.
+        """Lay ``params`` out on the mesh as the plan says and initialise the optimizer state.
 
-        The copy matters: steps donate their input state, and donating must
-        never delete arrays the caller still holds.
+        Shard rules are resolved against the parameter tree here (errors name the
+        path, shape and axis). Each device receives only its shard of a
+        tensor-parallel parameter, and the optimizer state follows the same layout.
+        The parameters are copied, which matters because steps donate their input
+        state: donating must never delete arrays the caller still holds.
         """
-        # An explicit dtype drops JAX's weak types, which step outputs never carry;
-        # a weak-typed input would make the second step compile again.
-        params = jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), params)
+        # A real copy, with an explicit dtype: device_put(may_alias=False) still reuses an
+        # uncommitted array's buffer for a multi-device sharding (seen with jax 0.10.2), and
+        # donation would then delete the caller's array. The explicit dtype drops JAX's
+        # weak types, which step outputs never carry (a weak input would recompile).
+        params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype, copy=True), params)
+        resolve = ResolveShardings(parameters=param_paths_and_shapes(params))
+        self.ir = PassPipeline([resolve]).run(self.plan_ir, self._target)
+        specs = param_specs(self.ir, params)
         params = jax.tree.map(
-            lambda x: jax.device_put(x, NamedSharding(self.mesh, replicated_spec(x.ndim)), may_alias=False), params
+            lambda x, spec: jax.device_put(x, NamedSharding(self.mesh, spec), may_alias=False), params, specs
         )
-        init = jax.shard_map(self.optimizer.init, mesh=self.mesh, in_specs=P(), out_specs=P(), check_vma=True)
+        opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, specs)
+        init = jax.shard_map(
+            self.optimizer.init, mesh=self.mesh, in_specs=(specs,), out_specs=opt_specs, check_vma=True
+        )
         opt_state = jax.jit(init)(params)
         step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, P()))
         self.host_step = 0
+        self.state_specs = TrainState(step=P(), params=specs, opt_state=opt_specs, engine=self)
+        self.layout_version += 1
         return TrainState(step=step, params=params, opt_state=opt_state, engine=self)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +12,8 @@ import jax
 
 from titanax.errors import StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering import CompiledStep
-from titanax.passes import AnnotatePayloads, PassPipeline, Target
+from titanax.lowering import CompiledStep, traced_collectives
+from titanax.passes import AnnotatePayloads, InsertTracedCollectives, PassPipeline, Target
 from titanax.runtime.engine import Engine
 from titanax.runtime.state import TrainState
 
@@ -21,6 +22,11 @@ __all__ = ["StepFn", "step_fn"]
 
 def _nbytes(tree: Any) -> int:
     return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+def _local_nbytes(tree: Any) -> int:
+    """Bytes of one device's shard of every array (the whole array when replicated)."""
+    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 class StepFn:
@@ -35,7 +41,7 @@ class StepFn:
         functools.update_wrapper(self, fn)
         self.fn = fn
         self.donate_state = donate_state
-        self._compiled: weakref.WeakKeyDictionary[Engine, CompiledStep] = weakref.WeakKeyDictionary()
+        self._compiled: weakref.WeakKeyDictionary[Engine, tuple[int, CompiledStep]] = weakref.WeakKeyDictionary()
 
     def compiled(self, state: TrainState) -> CompiledStep:
         """The :class:`CompiledStep` for ``state``'s engine (built on first use)."""
@@ -46,9 +52,13 @@ class StepFn:
                 "create it with state = engine.create_state(params)",
             )
         engine = state.engine
-        if engine not in self._compiled:
-            self._compiled[engine] = CompiledStep(self.fn, engine.ir, engine.mesh, donate_state=self.donate_state)
-        return self._compiled[engine]
+        version, compiled = self._compiled.get(engine, (None, None))
+        if version != engine.layout_version or compiled is None:
+            compiled = CompiledStep(
+                self.fn, engine.ir, engine.mesh, donate_state=self.donate_state, state_specs=engine.state_specs
+            )
+            self._compiled[engine] = (engine.layout_version, compiled)
+        return compiled
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, Any]:
         """Run one step and send its metrics to the engine's loggers."""
@@ -65,11 +75,16 @@ class StepFn:
         return self.compiled(state).lower(state, batch)
 
     def plan_ir(self, state: TrainState, batch: Any) -> PlanIR:
-        """The engine's IR with the bytes each collective moves per step filled in."""
+        """The IR of this step: the engine's plan and parameter layouts, every collective the
+        step's own code performs (traced from its jaxpr), and the bytes each moves per step.
+
+        Collectives inside the accumulation loop run ``accumulate_steps`` times per step.
+        """
         compiled = self.compiled(state)
+        traced = traced_collectives(compiled.jaxpr(state, batch))
         _, metrics = compiled.eval_shape(state, batch)
-        payloads = (("gradients", _nbytes(state.params)), ("metrics", _nbytes(metrics)))
-        pipeline = PassPipeline([AnnotatePayloads(operand_bytes=payloads)])
+        payloads = (("gradients", _local_nbytes(state.params)), ("metrics", _nbytes(metrics)))
+        pipeline = PassPipeline([InsertTracedCollectives(collectives=traced), AnnotatePayloads(operand_bytes=payloads)])
         return pipeline.run(state.engine.ir, Target(device_count=state.engine.device_count))
 
 
