@@ -75,3 +75,50 @@ ENTRY %main (a: f32[3,2], b: f32[]) -> f32[] {
         ("collective-permute", 16, True),
     ]
     assert shape_bytes("(f32[3,2], s32[], pred[5])") == 24 + 4 + 5
+
+
+# -- tensor parallelism: the IR lists the user's collectives too -------------------------
+def tp_step_audit(dp, tp, sequence_parallel):
+    from collections import Counter
+
+    from models import GPT, gpt_batches
+
+    from titanax import nn
+
+    @tx.step_fn
+    def gpt_step(state, batch):
+        loss, grads = jax.value_and_grad(nn.gpt_loss)(state.params, batch["ids"], batch["labels"])
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    engine = tx.Engine(
+        mesh=tx.MeshSpec(axes=("data", "model"), shape=(dp, tp)),
+        plan=tx.Plan(
+            data_parallel=tx.DP(axis="data"),
+            tensor_parallel=tx.TP(axis="model", rules=nn.GPT_TP_RULES, sequence_parallel=sequence_parallel),
+        ),
+        optimizer=tx.optim.adamw(1e-3),
+    )
+    state = engine.create_state(nn.init_gpt(jax.random.PRNGKey(0), **GPT))
+    batch = gpt_batches(1, 8)[0]
+    hlo = gpt_step.lower(state, batch).compile().as_text()
+    ir = gpt_step.plan_ir(state, batch)
+    hlo_bytes, ir_bytes = Counter(), Counter()
+    for c in collectives_in_hlo(hlo):
+        hlo_bytes[c.op] += c.result_bytes
+    for c in ir.collectives():
+        ir_bytes[c.op] += c.payload_bytes
+    return hlo_bytes, ir_bytes, ir
+
+
+@pytest.mark.parametrize("sequence_parallel", [False, True], ids=["tp", "tp+sp"])
+def test_tp_step_collectives_are_exactly_the_ir_ones(sequence_parallel):
+    hlo_bytes, ir_bytes, ir = tp_step_audit(2, 4, sequence_parallel)
+    assert hlo_bytes == ir_bytes
+    user = [c for c in ir.collectives() if c.origin == "user"]
+    assert user and all(c.axes == ("model",) and c.group_size == 4 for c in user)
+    assert any(c.operand == "cotangents" for c in user), "autodiff's backward reductions are listed"
+    assert all("titanax/nn/layers.py" in c.name for c in user), "each names the source line that caused it"
+    if sequence_parallel:
+        assert ir_bytes["all-gather"] > 0 and ir_bytes["reduce-scatter"] > 0
+    else:
+        assert set(ir_bytes) == {"all-reduce"}
