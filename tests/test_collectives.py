@@ -24,7 +24,9 @@ def probe(state, batch):
         "gathered": C.pmean(jnp.sum(C.all_gather(rank[None], "model") * jnp.arange(4.0)), "model"),
         "scattered": C.psum(C.psum_scatter(pieces, "model")[0] * (rank == 2), "model"),
         "from_left": C.psum(C.ppermute(rank, "model", ring) * (rank == 0), "model"),
-        "exchanged": C.psum(C.all_to_all(pieces[:, None], "model", split_dim=0, concat_dim=1)[0, 3] * (rank == 1), "model"),
+        "exchanged": C.psum(
+            C.all_to_all(pieces[:, None], "model", split_dim=0, concat_dim=1)[0, 3] * (rank == 1), "model"
+        ),
         "batch": jnp.sum(batch["x"]),
     }
     return state, metrics

@@ -56,7 +56,13 @@ def test_any_tp_rule_beats_the_default():
 
 
 def test_roles_and_explicit_specs():
-    parameters = [("qkv/w", (16, 4, 3, 8)), ("qkv/b", (96,)), ("out/w", (4, 8, 16)), ("emb", (64, 16)), ("x", (8, 8, 8))]
+    parameters = [
+        ("qkv/w", (16, 4, 3, 8)),
+        ("qkv/b", (96,)),
+        ("out/w", (4, 8, 16)),
+        ("emb", (64, 16)),
+        ("x", (8, 8, 8)),
+    ]
     ir = resolve({"qkv/*": "column", "out/w": "row", "emb": ("model",), "x": (None, None, "model")}, parameters)
     assert specs(ir) == {
         "qkv/w": (None, "model", None, None),
@@ -153,7 +159,9 @@ def test_resolution_is_deterministic_and_specs_fit_or_the_error_names_the_path(p
         first = resolve(rules, parameters)
     except tx.TitanaxError as err:
         for diagnostic in err.diagnostics:
-            named = [p for p, _ in parameters if p in diagnostic.message] or [r for r in rules if repr(r) in diagnostic.message]
+            named = [p for p, _ in parameters if p in diagnostic.message] or [
+                r for r in rules if repr(r) in diagnostic.message
+            ]
             assert named, diagnostic.render()
         with pytest.raises(tx.TitanaxError) as again:
             resolve(rules, parameters)
@@ -171,5 +179,7 @@ def test_resolution_is_deterministic_and_specs_fit_or_the_error_names_the_path(p
 
 
 def test_default_passes_do_not_resolve_without_parameters():
-    ir = compile_plan(MESH, tx.Plan(tensor_parallel=tx.TP(axis="model", rules={"w": "row"})), target=Target(device_count=8))
+    ir = compile_plan(
+        MESH, tx.Plan(tensor_parallel=tx.TP(axis="model", rules={"w": "row"})), target=Target(device_count=8)
+    )
     assert not ir.params() and "resolve-shardings" not in DEFAULT_PASSES

@@ -21,7 +21,7 @@ from titanax.loader import LoadedPlan, load_plan
 
 # The runtime imports JAX; load it on first use so that the CLI and the
 # compiler stages (frontend, ir, passes) start without paying for JAX.
-_RUNTIME_NAMES = ("Engine", "StepFn", "TrainState", "collectives", "loggers", "optim", "step_fn")
+_RUNTIME_NAMES = ("Engine", "StepFn", "TrainState", "Workload", "collectives", "loggers", "optim", "step_fn")
 
 
 def __getattr__(name: str):
@@ -59,6 +59,7 @@ __all__ = [
     "StepFnError",
     "TitanaxError",
     "TrainState",
+    "Workload",
     "__version__",
     "collectives",
     "errors",

@@ -4,6 +4,7 @@ Examples::
 
     titanax check plans/*.tx
     titanax compile plans/3d.tx --dump-ir --format dot | dot -Tsvg > plan.svg
+    titanax compile examples/gpt_small/plans/dp_tp.tx --model --devices 8
     titanax fmt plans/3d.tx --check
     titanax plan --mesh data=4,model=2 --dp data --devices 8
 """
@@ -16,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from titanax import __version__
-from titanax.errors import MeshError, TitanaxError
+from titanax.errors import MeshError, PlanError, TitanaxError
 from titanax.frontend import DP, MeshSpec, Plan
 from titanax.frontend.language import SourceFile, format_plan, parse
 from titanax.ir import PlanIR, ir_to_dot, ir_to_json, print_ir
@@ -81,6 +82,15 @@ def _cmd_passes(args: argparse.Namespace) -> int:
 
 
 # -- titanax compile ------------------------------------------------------------
+def _bytes_text(count: int | None) -> str:
+    if count is None:
+        return ""
+    for unit, size in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if count >= size:
+            return f": {count / size:.1f} {unit}"
+    return f": {count} B"
+
+
 def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
     axes = " x ".join(f"{a.name}={a.size}" for a in ir.axes())
     count = ir.mesh().device_count
@@ -92,26 +102,59 @@ def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
             lines.append(
                 f"  {node.type_name.removeprefix('parallel_dim.')} parallel over {', '.join(node.axis_names)} ({extra})"
             )
-    for collective in ir.collectives():
+    if ir.params():
+        sharded = [p for p in ir.params() if p.axis_names]
+        lines.append(f"  parameters: {len(ir.params())}, of which {len(sharded)} split over devices")
+    collectives = ir.collectives()
+    for collective in collectives:
         reduction = f" {collective.reduction}" if collective.reduction else ""
         lines.append(
-            f"  collective {collective.name}: {collective.op}{reduction} of {collective.operand} over {', '.join(collective.axes)} (group of {collective.group_size})"
+            f"  collective {collective.name}: {collective.op}{reduction} of {collective.operand} over "
+            f"{', '.join(collective.axes)} (group of {collective.group_size}){_bytes_text(collective.payload_bytes)}"
         )
-    if loaded.model:
-        lines.append(f"  model {loaded.model} (named in the file, not imported)")
+    if collectives and all(c.payload_bytes is not None for c in collectives):
+        total = sum(c.payload_bytes for c in collectives)
+        lines.append(f"  {len(collectives)} collectives per step, {_bytes_text(total)[2:]} per device")
+    if loaded.model and not ir.params():
+        lines.append(f"  model {loaded.model} (named in the file, not imported; add --model to trace it)")
     return "\n".join(lines) + "\n"
+
+
+def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None) -> PlanIR:
+    """Build the Engine for the plan, lay out the model's parameters and trace its step."""
+    if devices is not None and "jax" not in sys.modules:
+        # On CPU, simulate the devices the plan needs (ignored by GPU and TPU backends).
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    from titanax.runtime import Engine, load_workload
+
+    workload = load_workload(entry, loaded.model_location if entry == loaded.model else None)
+    engine = Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=workload.optimizer)
+    state = engine.create_state(workload.params)
+    return workload.step.plan_ir(state, workload.batch)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     loaded = load_plan(args.file, validate=False)
-    passes = _parse_pass_list(args.passes, DEFAULT_PASSES)
-    callbacks = [verify_after_each]
-    if args.print_after_all:
-        callbacks.append(print_after_each(sys.stdout))
-    ir = loaded.compile(target=_target(args, loaded), passes=passes, callbacks=callbacks)
+    if args.model is not None:
+        entry = args.model or loaded.model
+        if not entry:
+            raise PlanError.single(
+                "TX231",
+                f"--model names no entry point and {loaded.path} has no model statement",
+                'use --model package.module:function, or add model "package.module:function" to the file',
+            )
+        ir = _trace_model(loaded, entry, args.devices)
+    else:
+        passes = _parse_pass_list(args.passes, DEFAULT_PASSES)
+        callbacks = [verify_after_each]
+        if args.print_after_all:
+            callbacks.append(print_after_each(sys.stdout))
+        ir = loaded.compile(target=_target(args, loaded), passes=passes, callbacks=callbacks)
+        if args.print_after_all and not args.dump_ir:
+            return 0
     if args.dump_ir:
         sys.stdout.write(_render(ir, args.format, args.locations))
-    elif not args.print_after_all:
+    else:
         sys.stdout.write(_summary(loaded, ir))
     return 0
 
@@ -222,11 +265,20 @@ def _parser() -> argparse.ArgumentParser:
         "compile",
         "compile a .tx plan through the passes and show its IR",
         "Parse a .tx plan, run the pass pipeline, and print a summary or the IR.",
-        "titanax compile examples/plans/3d.tx --dump-ir --format dot > plan.dot",
+        "titanax compile examples/plans/3d.tx --dump-ir --format dot > plan.dot\n"
+        "  titanax compile examples/gpt_small/plans/dp_tp.tx --model --devices 8",
     )
     compile_.add_argument("file", help="the .tx plan file")
     compile_.add_argument("--dump-ir", action="store_true", help="print the IR after all passes")
     compile_.add_argument("--locations", action="store_true", help="annotate IR nodes with their source location")
+    compile_.add_argument(
+        "--model",
+        nargs="?",
+        const="",
+        metavar="MODULE:FUNCTION",
+        help="import this tx.Workload entry point (or, with no value, the file's model statement), lay out its "
+        "parameters and trace its step, so the IR lists every collective with its bytes per step (imports JAX)",
+    )
     _add_pipeline_flags(compile_)
     compile_.set_defaults(run=_cmd_compile)
 

@@ -4,5 +4,6 @@ from titanax.runtime import collectives, loggers, optim
 from titanax.runtime.engine import Engine
 from titanax.runtime.state import TrainState
 from titanax.runtime.step_fn import StepFn, step_fn
+from titanax.runtime.workload import Workload, load_workload
 
-__all__ = ["Engine", "StepFn", "TrainState", "collectives", "loggers", "optim", "step_fn"]
+__all__ = ["Engine", "StepFn", "TrainState", "Workload", "collectives", "loggers", "load_workload", "optim", "step_fn"]

@@ -1,0 +1,45 @@
+"""The character-level GPT of this example: configuration, training step, and a
+``tx.Workload`` entry point for ``titanax compile --model``."""
+
+from __future__ import annotations
+
+import jax
+
+import titanax as tx
+from titanax import nn
+
+try:  # run as a script from this folder, or imported as examples.gpt_small.model
+    from data import VOCAB
+except ImportError:
+    from examples.gpt_small.data import VOCAB
+
+CONFIG = {"vocab": len(VOCAB), "seq_len": 64, "d_model": 64, "heads": 8, "d_ff": 256, "layers": 2}
+"""96 symbols, 64-character context, 2 blocks of width 64 with 8 heads (about 0.1M parameters)."""
+
+
+def init_params(seed: int = 0) -> dict:
+    """Fresh GPT parameters, laid out as ``titanax.nn`` and the plans' TP rules expect."""
+    return nn.init_gpt(jax.random.PRNGKey(seed), **CONFIG)
+
+
+@tx.step_fn
+def train_step(state, batch):
+    """Next-character cross-entropy; the plan decides DP, TP and their collectives."""
+    loss, grads = jax.value_and_grad(nn.gpt_loss)(state.params, batch["ids"], batch["labels"])
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+@tx.step_fn(donate_state=False)
+def eval_step(state, batch):
+    """Loss without an update; the state is not donated, so the caller's stays valid."""
+    return state, {"loss": nn.gpt_loss(state.params, batch["ids"], batch["labels"])}
+
+
+def workload() -> tx.Workload:
+    """What ``titanax compile examples/gpt_small/plans/dp_tp.tx --model`` traces."""
+    import jax.numpy as jnp
+
+    ids = jnp.zeros((16, CONFIG["seq_len"]), jnp.int32)
+    return tx.Workload(
+        params=init_params(), batch={"ids": ids, "labels": ids}, step=train_step, optimizer=tx.optim.adamw(3e-3)
+    )
