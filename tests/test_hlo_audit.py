@@ -122,3 +122,15 @@ def test_tp_step_collectives_are_exactly_the_ir_ones(sequence_parallel):
         assert ir_bytes["all-gather"] > 0 and ir_bytes["reduce-scatter"] > 0
     else:
         assert set(ir_bytes) == {"all-reduce"}
+
+
+def test_hlo_reader_finds_group_sizes():
+    text = """ENTRY %main {
+  %a = f32[4]{0} all-reduce(f32[4]{0} %x), replica_groups={{0,1,2,3},{4,5,6,7}}, to_apply=%add
+  %b = f32[4]{0} all-reduce(f32[4]{0} %x), replica_groups={{0},{1}}, to_apply=%add
+  %c = f32[8]{0} all-gather(f32[4]{0} %x), replica_groups=[4,2]<=[8], dimensions={0}
+  %d = f32[4]{0} collective-permute(f32[4]{0} %x), source_target_pairs={{0,1},{1,0}}
+}"""
+    found = collectives_in_hlo(text)
+    assert [c.group_size for c in found] == [4, 1, 2, None]
+    assert [c.crosses_devices for c in found] == [True, False, True, True]

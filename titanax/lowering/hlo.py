@@ -20,6 +20,8 @@ _ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
 _OPS = "|".join(re.escape(op) for op in COLLECTIVE_OPS)
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.+?)\s+(" + _OPS + r")(-start)?\(")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_EXPLICIT_GROUPS = re.compile(r"replica_groups=\{(\{[\d,]*\}(?:,\{[\d,]*\})*)\}")
+_IOTA_GROUPS = re.compile(r"replica_groups=\[(\d+),(\d+)\]<=")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +36,22 @@ class HloCollective:
     """The HLO computation holding it; loop bodies are computations of their own."""
     entry: bool
     """True when it sits in the entry computation, not inside a loop or call."""
+    group_size: int | None = None
+    """Devices per replica group, when the instruction lists its groups. A group of 1
+    moves nothing between devices (XLA's CPU backend keeps such trivial collectives)."""
+
+    @property
+    def crosses_devices(self) -> bool:
+        """False only for a collective whose groups are single devices."""
+        return self.group_size != 1
+
+
+def _group_size(line: str) -> int | None:
+    explicit = _EXPLICIT_GROUPS.search(line)
+    if explicit:
+        return len(explicit.group(1).split("}", 1)[0].strip("{").split(","))
+    iota = _IOTA_GROUPS.search(line)
+    return int(iota.group(2)) if iota else None
 
 
 def shape_bytes(shape_text: str) -> int:
@@ -63,7 +81,11 @@ def collectives_in_hlo(hlo_text: str) -> list[HloCollective]:
                 shape_text = "{}[{}]".format(*arrays[1]) if len(arrays) > 1 else shape_text
             found.append(
                 HloCollective(
-                    op=match.group(2), result_bytes=shape_bytes(shape_text), computation=computation, entry=entry
+                    op=match.group(2),
+                    result_bytes=shape_bytes(shape_text),
+                    computation=computation,
+                    entry=entry,
+                    group_size=_group_size(line),
                 )
             )
     return found
