@@ -21,7 +21,18 @@ from titanax.loader import LoadedPlan, load_plan
 
 # The runtime imports JAX; load it on first use so that the CLI and the
 # compiler stages (frontend, ir, passes) start without paying for JAX.
-_RUNTIME_NAMES = ("Engine", "StepFn", "TrainState", "Workload", "collectives", "loggers", "optim", "step_fn")
+_RUNTIME_NAMES = (
+    "Engine",
+    "PipelineModel",
+    "StepFn",
+    "TrainState",
+    "Workload",
+    "collectives",
+    "loggers",
+    "optim",
+    "pipeline",
+    "step_fn",
+)
 
 
 def __getattr__(name: str):
@@ -41,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DP",
     "PP",
+    "PipelineModel",
     "TP",
     "BatchError",
     "Engine",
@@ -67,5 +79,6 @@ __all__ = [
     "loggers",
     "nn",
     "optim",
+    "pipeline",
     "step_fn",
 ]

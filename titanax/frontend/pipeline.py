@@ -106,6 +106,11 @@ class PP:
     stages: Sequence[Stage] | Sequence[Sequence[str]] | None = None
     """The layers of each stage, first stage first; ``None`` splits the model's stacked
     blocks evenly (the embedding on the first stage, the head on the last)."""
+    blocks: str | None = None
+    """The parameter entry holding the stacked blocks (leading dimension = layer). ``None``
+    takes the name the stages' ranges use (``block`` in ``block[0:6]``), else ``"blocks"``."""
+    balance_tolerance: float = 1.25
+    """Largest allowed ratio between the costliest and the cheapest stage."""
     location: Location | None = field(default=None, compare=False, repr=False)
     """Where the dimension was declared, when it came from a ``.tx`` file."""
 
@@ -123,6 +128,29 @@ class PP:
                 "TX204", f"PP(schedule={self.schedule!r}) must be a string", f"use one of {SCHEDULES}"
             )
         object.__setattr__(self, "stages", _stages_tuple(self.stages))
+        if self.blocks is not None and not isinstance(self.blocks, str):
+            raise PlanError.single(
+                "TX204", f"PP(blocks={self.blocks!r}) must be a parameter entry name", 'write blocks="blocks"'
+            )
+        tolerance = self.balance_tolerance
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 1:
+            raise PlanError.single(
+                "TX204",
+                f"PP(balance_tolerance={tolerance!r}) must be a number >= 1 (max stage cost over min stage cost)",
+                "the default is 1.25; use a larger value to allow less even stages",
+            )
+
+    @property
+    def blocks_entry(self) -> str:
+        """The stacked-blocks entry: ``blocks`` if given, else the name the stages' ranges use, else ``"blocks"``."""
+        if self.blocks is not None:
+            return self.blocks
+        for stage in self.stages or ():
+            for text in stage.layers:
+                layer = parse_layer(text)
+                if layer is not None and layer.start is not None:
+                    return layer.name
+        return "blocks"
 
     @property
     def axes(self) -> tuple[str, ...]:

@@ -85,7 +85,14 @@ def _build_tensor_parallel(ir: PlanIR, tp: TP) -> None:
 
 
 def _build_pipeline(ir: PlanIR, pp: PP) -> None:
-    dim = PipelineParallelNode(axes=pp.axes, microbatches=pp.microbatches, schedule=pp.schedule, location=pp.location)
+    dim = PipelineParallelNode(
+        axes=pp.axes,
+        microbatches=pp.microbatches,
+        schedule=pp.schedule,
+        blocks=pp.blocks_entry,
+        balance_tolerance=float(pp.balance_tolerance),
+        location=pp.location,
+    )
     _add(ir, "pp", dim)
     previous = None
     for index, stage in enumerate(pp.stages or ()):

@@ -160,6 +160,10 @@ class PipelineParallelNode(Node):
     microbatches: int
     schedule: str
     """``gpipe`` or ``1f1b``."""
+    blocks: str = "blocks"
+    """Parameter entry holding the stacked blocks, split evenly over the pipeline axis."""
+    balance_tolerance: float = 1.25
+    """Largest allowed max/min ratio of per-stage cost."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:

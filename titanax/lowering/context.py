@@ -54,6 +54,7 @@ class StepContext:
         tp_axes: tuple[str, ...] = (),
         sequence_parallel: bool = False,
         mesh_axes: tuple[str, ...] = (),
+        pipeline: Any = None,
     ):
         self._state = state
         self._sync = sync
@@ -64,6 +65,8 @@ class StepContext:
         """Whether the plan shards activations along the sequence between TP regions."""
         self.mesh_axes = mesh_axes
         """Every mesh axis name, for checking the axes ``tx.collectives`` are given."""
+        self.pipeline = pipeline
+        """The plan's :class:`~titanax.lowering.pipeline.PipelineProgram`, or ``None`` without PP."""
         self.grads: Any = None
         self.called = False
 

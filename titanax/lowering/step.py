@@ -31,7 +31,9 @@ from titanax.errors import BatchError, Diagnostic
 from titanax.ir import PlanIR
 from titanax.lowering.collectives import emit_collectives, make_varying
 from titanax.lowering.context import StepContext, StepState
+from titanax.lowering.pipeline import PipelineProgram
 from titanax.lowering.trace import TITANAX_SCOPE
+from titanax.passes import schedule_from_ir
 
 __all__ = ["CompiledStep", "replicated_spec"]
 
@@ -66,6 +68,18 @@ class CompiledStep:
         self.dp_axes: tuple[str, ...] = dp.axes if dp else ()
         self.dp_size = ir.group_size(self.dp_axes)
         self.accumulate_steps = dp.accumulate_steps if dp else 1
+        pp = ir.pipeline_parallel()
+        self.pipeline = (
+            PipelineProgram(
+                axis=pp.axes[0],
+                schedule=schedule_from_ir(ir),
+                blocks=pp.blocks,
+                collectives={c.name: c for c in ir.collectives() if c.name.startswith("pp_")},
+            )
+            if pp is not None
+            else None
+        )
+        self.microbatches = pp.microbatches if pp is not None else 1
         self._grad_collectives = ir.collectives("gradients")
         self._metric_collectives = ir.collectives("metrics")
         batch_spec = P(self.dp_axes) if self.dp_axes else P()
@@ -118,7 +132,7 @@ class CompiledStep:
 
     def _check_batch(self, batch: Any) -> None:
         problems = []
-        per_device = self.dp_size * self.accumulate_steps
+        per_device = self.dp_size * self.accumulate_steps * self.microbatches
         for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
             shape = jnp.shape(leaf)
             where = f"batch leaf {_path_text(path)} with shape {shape}"
@@ -139,6 +153,16 @@ class CompiledStep:
                         f"(axes {self.dp_axes})",
                         f"use a batch size that is a multiple of {per_device} (DP size x accumulate_steps), e.g. "
                         + (f"{lower} or {lower + per_device}" if lower else f"{per_device}"),
+                    )
+                )
+            elif shape and self.microbatches > 1 and shape[0] % per_device:
+                problems.append(
+                    (
+                        "TX304",
+                        f"{where}: dimension 0 ({shape[0]}) does not split into {self.microbatches} pipeline "
+                        f"microbatches on each of the {self.dp_size} data-parallel replicas",
+                        f"use a global batch that is a multiple of {per_device} (microbatches x DP size"
+                        + (" x accumulate_steps)" if self.accumulate_steps > 1 else ")"),
                     )
                 )
             elif shape and shape[0] % per_device:
@@ -166,6 +190,7 @@ class CompiledStep:
             tp_axes=self.tp_axes,
             sequence_parallel=self.sequence_parallel,
             mesh_axes=tuple(self.mesh.axis_names),
+            pipeline=self.pipeline,
         )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:

@@ -13,7 +13,7 @@ Layouts (input dimension first, heads before the per-head dimension, so that a
 ``column`` split divides whole heads): see :func:`init_gpt_block`.
 """
 
-from titanax.nn.gpt import gpt_block, gpt_forward, gpt_loss, init_gpt, init_gpt_block
+from titanax.nn.gpt import GPT_PIPELINE, gpt_block, gpt_forward, gpt_loss, init_gpt, init_gpt_block
 from titanax.nn.layers import (
     attention,
     column_dense,
@@ -29,6 +29,7 @@ from titanax.nn.layers import (
 from titanax.nn.rules import GPT_TP_RULES
 
 __all__ = [
+    "GPT_PIPELINE",
     "GPT_TP_RULES",
     "attention",
     "column_dense",

@@ -17,8 +17,9 @@ from titanax.nn.layers import (
     vocab_cross_entropy,
     vocab_embed,
 )
+from titanax.runtime.pipeline import PipelineModel
 
-__all__ = ["gpt_block", "gpt_forward", "gpt_loss", "init_gpt", "init_gpt_block"]
+__all__ = ["GPT_PIPELINE", "gpt_block", "gpt_forward", "gpt_loss", "init_gpt", "init_gpt_block"]
 
 Params = dict[str, Any]
 
@@ -62,13 +63,31 @@ def gpt_block(params: Params, x: jax.Array) -> jax.Array:
     return x + mlp(params["mlp"], layer_norm(params["ln2"], x))
 
 
-def init_gpt(key: jax.Array, *, vocab: int, seq_len: int, d_model: int, heads: int, d_ff: int, layers: int) -> Params:
-    """A GPT: token and position embeddings, ``layers`` blocks (``blocks/0``, ...), final norm, output head."""
+def init_gpt(
+    key: jax.Array,
+    *,
+    vocab: int,
+    seq_len: int,
+    d_model: int,
+    heads: int,
+    d_ff: int,
+    layers: int,
+    stacked: bool = False,
+) -> Params:
+    """A GPT: token and position embeddings, ``layers`` blocks, final norm, output head.
+
+    Blocks are ``blocks/0``, ``blocks/1``... or, with ``stacked=True``, one tree whose
+    leaves carry a leading layer dimension (what pipeline parallelism splits).
+    """
     keys = jax.random.split(key, layers + 3)
+    per_layer = [init_gpt_block(keys[i + 3], d_model, heads, d_ff) for i in range(layers)]
+    blocks = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer) if stacked else dict(enumerate(per_layer))
+    if not stacked:
+        blocks = {str(i): block for i, block in blocks.items()}
     return {
         "embed": {"tokens": jax.random.normal(keys[0], (vocab, d_model)) * 0.02},
         "pos": jax.random.normal(keys[1], (seq_len, d_model)) * 0.01,
-        "blocks": {str(i): init_gpt_block(keys[i + 3], d_model, heads, d_ff) for i in range(layers)},
+        "blocks": blocks,
         "ln_f": _norm(d_model),
         "head": {"w": jax.random.normal(keys[2], (d_model, vocab)) * 0.02},
     }
@@ -86,3 +105,18 @@ def gpt_forward(params: Params, ids: jax.Array) -> jax.Array:
 def gpt_loss(params: Params, ids: jax.Array, labels: jax.Array) -> jax.Array:
     """Mean next-token cross-entropy."""
     return jnp.mean(vocab_cross_entropy(gpt_forward(params, ids), labels))
+
+
+def _pipeline_first(params: Params, batch: Any) -> jax.Array:
+    ids = batch["ids"]
+    return vocab_embed(params["embed"], ids) + scatter_sequence(params["pos"][None, : ids.shape[1]])
+
+
+def _pipeline_last(params: Params, x: jax.Array, batch: Any) -> jax.Array:
+    logits = column_dense(params["head"], gather_sequence(layer_norm(params["ln_f"], x)))
+    return jnp.mean(vocab_cross_entropy(logits, batch["labels"]))
+
+
+GPT_PIPELINE = PipelineModel(first=_pipeline_first, block=gpt_block, last=_pipeline_last)
+"""The GPT as pipeline stages, for parameters from ``init_gpt(..., stacked=True)`` and batches
+``{"ids", "labels"}``: ``tx.pipeline.value_and_grad(nn.GPT_PIPELINE, params, batch)``."""

@@ -6,6 +6,7 @@ here imports JAX.
 
 from titanax.passes.annotate_payloads import AnnotatePayloads
 from titanax.passes.base import PASS_REGISTRY, Pass, PassContext, Target, register_pass
+from titanax.passes.build_schedule import BuildSchedule
 from titanax.passes.check_mesh import CheckMesh
 from titanax.passes.check_parallel_axes import CheckParallelAxes
 from titanax.passes.check_pipeline import CheckPipeline
@@ -14,11 +15,23 @@ from titanax.passes.check_tensor_parallel import CheckTensorParallel
 from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_plan, parse_pipeline, passes_by_name
 from titanax.passes.infer_mesh_shape import InferMeshShape
 from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
+from titanax.passes.insert_pp_collectives import PP_COLLECTIVES, InsertPPCollectives
 from titanax.passes.insert_traced_collectives import InsertTracedCollectives, TracedCollective
 from titanax.passes.pipeline import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
 from titanax.passes.resolve_shardings import ResolveShardings, glob_matches, rule_specificity
+from titanax.passes.schedule import Op, Schedule, build_schedule, schedule_from_ir, schedule_problems
+from titanax.passes.verify_schedule import VerifySchedule
 
 __all__ = [
+    "PP_COLLECTIVES",
+    "BuildSchedule",
+    "InsertPPCollectives",
+    "Op",
+    "Schedule",
+    "VerifySchedule",
+    "build_schedule",
+    "schedule_from_ir",
+    "schedule_problems",
     "DEFAULT_PASSES",
     "GRADIENT_SYNC",
     "METRIC_REDUCE",

@@ -21,7 +21,14 @@ VALIDATION_PASSES: tuple[str, ...] = (
 )
 """The passes that only report errors; they run first, so one run reports every problem."""
 
-DEFAULT_PASSES: tuple[str, ...] = (*VALIDATION_PASSES, "infer-mesh-shape", "insert-dp-collectives")
+DEFAULT_PASSES: tuple[str, ...] = (
+    *VALIDATION_PASSES,
+    "infer-mesh-shape",
+    "insert-dp-collectives",
+    "build-schedule",
+    "verify-schedule",
+    "insert-pp-collectives",
+)
 """The passes every plan goes through, in order: validation first, then rewrites."""
 
 

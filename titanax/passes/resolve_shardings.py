@@ -19,6 +19,11 @@ Roles, for a parameter stored with its input dimension first:
 - ``row``: split the input dimension (dimension 0); a row-parallel layer's
   bias stays replicated (it is added after the all-reduce).
 - an explicit spec: one entry per leading dimension, the rest unsplit.
+
+Under pipeline parallelism, the stacked blocks entry (``blocks/...``, leading
+dimension = layer) is split evenly over the pipeline axis on that leading
+dimension; rules then apply to the per-layer shape (``shape[1:]``), so the same
+``column``/``row`` rules serve stacked and unstacked models.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import re
 from dataclasses import dataclass
 
 from titanax.errors import PlanError
-from titanax.ir import EdgeKind, ParamNode, PlanIR, ShardRuleNode, TensorParallelNode
+from titanax.ir import EdgeKind, ParamNode, PipelineParallelNode, PlanIR, ShardRuleNode, TensorParallelNode
 from titanax.ir.build import connect_over_axes
 from titanax.passes.base import Pass, PassContext, register_pass
 
@@ -87,9 +92,10 @@ def _entry_axes(entry: str | tuple[str, ...] | None) -> tuple[str, ...]:
 @dataclass(frozen=True, kw_only=True)
 class ResolveShardings(Pass):
     """Resolve every parameter's partition spec from the shard rules (most specific
-    rule wins); reject a rule matching nothing (TX221), an ambiguous tie (TX222), a
+    rule wins); reject a rule matching no parameter (TX221), an ambiguous tie (TX222), a
     split dimension not divisible by its axes (TX223), a spec longer than the
-    parameter's rank (TX224) and a role that cannot apply to the shape (TX225)."""
+    parameter's rank (TX224), a role that cannot apply to the shape (TX225) and
+    stacked blocks that do not split evenly over the pipeline stages (TX226)."""
 
     name = "resolve-shardings"
     requires = ("check-mesh", "check-tensor-parallel", "infer-mesh-shape")
@@ -120,6 +126,7 @@ class ResolveShardings(Pass):
         rules = ir.shard_rules(tp_id) if tp_id else []
         default = ("rule.default", ir.node("rule.default"))
         sizes = ir.axis_sizes()
+        pp = next((node for _, node in ir.items(PipelineParallelNode)), None)
         used: set[str] = set()
         for path, shape in self.parameters:
             matching = [(rid, r) for rid, r in rules if glob_matches(r.pattern, path)]
@@ -128,7 +135,10 @@ class ResolveShardings(Pass):
                 continue
             rule_id, rule = decided
             used.add(rule_id)
-            spec = self._spec(path, shape, rule, tp, sizes, ctx)
+            if pp is not None and (path == pp.blocks or path.startswith(pp.blocks + "/")):
+                spec = self._stacked_spec(path, shape, rule, tp, pp, sizes, ctx)
+            else:
+                spec = self._spec(path, shape, rule, tp, sizes, ctx)
             if spec is None:
                 continue
             local = tuple(
@@ -165,6 +175,22 @@ class ResolveShardings(Pass):
             )
             return None
         return top[0]
+
+    @classmethod
+    def _stacked_spec(cls, path, shape, rule, tp, pp: PipelineParallelNode, sizes, ctx) -> Spec | None:
+        pipe = pp.axes[0]
+        if not shape or shape[0] % sizes[pipe]:
+            layers = shape[0] if shape else 0
+            ctx.error(
+                "TX226",
+                f"parameter {path} {shape} is in the stacked blocks '{pp.blocks}', but its {layers} layers "
+                f"do not split evenly over the {sizes[pipe]} stages of axis '{pipe}'",
+                f"stack a multiple of {sizes[pipe]} layers on dimension 0 of every parameter under '{pp.blocks}'",
+                pp.location,
+            )
+            return None
+        per_layer = cls._spec(path, shape[1:], rule, tp, sizes, ctx)
+        return None if per_layer is None else (pipe, *per_layer)
 
     @staticmethod
     def _spec(path, shape, rule: ShardRuleNode, tp, sizes, ctx) -> Spec | None:

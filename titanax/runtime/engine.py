@@ -47,21 +47,14 @@ def _check_optimizer(optimizer: Any) -> None:
 def _check_lowerable(ir: PlanIR) -> None:
     # The language and the IR already describe these dimensions; refuse them here
     # rather than run a step that silently ignores part of the plan.
-    missing = [
-        (name, node)
-        for name, node in (
-            ("pipeline parallelism", ir.pipeline_parallel()),
-            ("a precision policy", ir.precision()),
-        )
-        if node is not None
-    ]
+    missing = [(name, node) for name, node in (("a precision policy", ir.precision()),) if node is not None]
     if missing:
         raise PlanError(
             [
                 Diagnostic(
                     code="TX230",
                     message=f"the plan uses {name}, which the Engine cannot run yet",
-                    hint="the plan is valid and `titanax compile` shows its IR; the Engine runs data and tensor parallelism only for now",
+                    hint="the plan is valid and `titanax compile` shows its IR; the Engine does not apply precision policies yet",
                     location=node.location,
                 )
                 for name, node in missing

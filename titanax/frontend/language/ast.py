@@ -12,6 +12,7 @@ __all__ = [
     "AxisName",
     "Block",
     "DataParallelStmt",
+    "FloatValue",
     "IntValue",
     "Item",
     "LayerRef",
@@ -61,6 +62,19 @@ class IntValue:
 
 
 @dataclass(frozen=True)
+class FloatValue:
+    """A decimal literal, e.g. ``1.25`` (kept as written, so formatting preserves it)."""
+
+    text: str
+    span: Span = _span()
+
+    @property
+    def value(self) -> float:
+        """The number."""
+        return float(self.text)
+
+
+@dataclass(frozen=True)
 class NameValue:
     """A bare word: ``all``, ``auto``, ``true``, ``column``, ``1f1b``, ``bfloat16``..."""
 
@@ -84,7 +98,7 @@ class SpecValue:
     span: Span = _span()
 
 
-Value = IntValue | NameValue | StringValue | SpecValue
+Value = IntValue | FloatValue | NameValue | StringValue | SpecValue
 
 
 @dataclass(frozen=True)

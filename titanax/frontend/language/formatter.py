@@ -38,6 +38,8 @@ def format_value(value: ast.Value) -> str:
     """A value in canonical form."""
     if isinstance(value, ast.IntValue):
         return str(value.value)
+    if isinstance(value, ast.FloatValue):
+        return value.text
     if isinstance(value, ast.NameValue):
         return value.name
     if isinstance(value, ast.StringValue):

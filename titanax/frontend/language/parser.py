@@ -41,6 +41,7 @@ _TERMINAL_NAMES = {
     **{f"_{kw.upper()}": f"'{kw}'" for kw in _KEYWORDS},
     "NAME": "a name",
     "INT": "an integer",
+    "FLOAT": "a decimal number",
     "STRING": 'a "quoted string"',
     "$END": "the end of the file",
 }
@@ -165,6 +166,9 @@ class _ToAST(Transformer):
     def int_value(self, meta, children):
         return ast.IntValue(int(children[0]), _meta_span(meta))
 
+    def float_value(self, meta, children):
+        return ast.FloatValue(str(children[0]), _meta_span(meta))
+
     def name_value(self, meta, children):
         return ast.NameValue(str(children[0]), _meta_span(meta))
 
@@ -199,7 +203,7 @@ def _describe_token(token: Token) -> str:
         return _TERMINAL_NAMES[token.type]
     text = str(token)
     shown = text if len(text) <= 40 else text[:37] + "..."
-    kind = {"NAME": "name", "INT": "integer", "STRING": "string"}.get(token.type, "token")
+    kind = {"NAME": "name", "INT": "integer", "FLOAT": "number", "STRING": "string"}.get(token.type, "token")
     return f"{kind} {shown}" if token.type == "STRING" else f"{kind} {shown!r}"
 
 

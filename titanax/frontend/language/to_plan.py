@@ -42,7 +42,14 @@ T = TypeVar("T")
 _PLATFORMS = ("cpu", "gpu", "tpu", "cuda", "rocm")
 """Platform names a mesh's ``devices`` setting accepts (JAX's backend names)."""
 
-_EXAMPLES = {"accumulate_steps": "4", "microbatches": "8", "schedule": "1f1b", "sequence_parallel": "true"}
+_EXAMPLES = {
+    "accumulate_steps": "4",
+    "microbatches": "8",
+    "schedule": "1f1b",
+    "sequence_parallel": "true",
+    "blocks": "blocks",
+    "balance_tolerance": "1.25",
+}
 """An example value per setting, for hints (dtype settings use ``bfloat16``)."""
 
 
@@ -141,11 +148,12 @@ class _Builder:
         value = item.value
         ok = {
             "int": isinstance(value, ast.IntValue),
+            "number": isinstance(value, (ast.IntValue, ast.FloatValue)),
             "name": isinstance(value, ast.NameValue),
             "bool": isinstance(value, ast.NameValue) and value.name in ("true", "false"),
         }[kind]
         if not ok:
-            expected = {"int": "an integer", "name": "a name", "bool": "true or false"}[kind]
+            expected = {"int": "an integer", "number": "a number", "name": "a name", "bool": "true or false"}[kind]
             self.error(
                 "TX609",
                 f"{what} setting '{item.key}' must be {expected}",
@@ -291,7 +299,10 @@ class _Builder:
 
     def pipeline(self, stmt: ast.PipelineStmt) -> PP | None:
         found, _, stage_items = self.settings(
-            stmt.block, {"schedule": "name", "microbatches": "int"}, "pipeline", stages=True
+            stmt.block,
+            {"schedule": "name", "microbatches": "int", "blocks": "name", "balance_tolerance": "number"},
+            "pipeline",
+            stages=True,
         )
         header = self.header(stmt, stmt.axes)
         if len(stmt.axes) != 1:
@@ -322,6 +333,8 @@ class _Builder:
                 microbatches=found["microbatches"].value.value,
                 schedule=found["schedule"].value.name if "schedule" in found else "1f1b",
                 stages=stages or None,
+                blocks=found["blocks"].value.name if "blocks" in found else None,
+                balance_tolerance=found["balance_tolerance"].value.value if "balance_tolerance" in found else 1.25,
                 location=header,
             ),
             header,

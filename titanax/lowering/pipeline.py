@@ -1,0 +1,236 @@
+"""Run a pipeline schedule inside one ``shard_map`` program.
+
+Every device is one stage (its index on the pipeline axis). A ``lax.scan`` runs
+the schedule's ticks; at each tick a device looks up its op in the table (a
+constant) and runs it through one ``lax.switch``: idle, the forward of its stage
+(first, middle or last kind), or the backward of its stage. The backward is a
+per-stage ``jax.vjp`` that recomputes the stage's forward from the stage input
+kept in a stash, so a stage holds only the inputs of the microbatches in
+flight on it: about ``p - s`` under 1F1B, ``m`` under GPipe.
+
+Both ``ppermute``s (activations forward, cotangents backward) run every tick,
+outside the ``switch`` (a permute inside a per-device branch deadlocks); devices
+with nothing to send send zeros, and receivers file what arrives into a stash
+slot the table says, or into a spare slot when nothing was meant for them.
+
+Parameters the plan stacks as blocks are split over the pipeline axis; every
+other parameter is held whole by every stage, and its gradients (nonzero only
+on the first or last stage) are summed over the pipeline axis once. The loss,
+computed on the last stage, is summed over the axis the same way. These four
+collectives are the IR's ``pp_*`` nodes, emitted under the Titanax scope.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from titanax.ir import CollectiveNode
+from titanax.lowering.trace import TITANAX_SCOPE
+from titanax.passes import Schedule
+
+__all__ = ["PipelineProgram", "sequential_loss", "stash_slots"]
+
+
+def sequential_loss(
+    first: Callable, block: Callable, last: Callable, blocks: str, params: dict[str, Any], batch: Any
+) -> Any:
+    """The model's loss without pipelining: first, every stacked block in order (a scan), last."""
+    others = {name: value for name, value in params.items() if name != blocks}
+    x = lax.scan(lambda h, layer: (block(layer, h), None), first(others, batch), params[blocks])[0]
+    return last(others, x, batch)
+
+
+def _varying(aval: Any) -> frozenset[str]:
+    manual = getattr(aval, "manual_axis_type", None)
+    if manual is None and hasattr(aval, "aval"):
+        manual = getattr(aval.aval, "manual_axis_type", None)
+    return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
+
+
+def _zeros_like_aval(aval: Any, extra: frozenset[str] = frozenset()) -> jax.Array:
+    axes = tuple(sorted(_varying(aval) | extra))
+    zeros = jnp.zeros(aval.shape, aval.dtype)
+    return lax.pcast(zeros, axes, to="varying") if axes else zeros
+
+
+def _match(value: jax.Array, axes: frozenset[str]) -> jax.Array:
+    """Mark ``value`` varying over every axis of ``axes`` it is not varying over yet."""
+    missing = tuple(sorted(axes - _varying(jax.typeof(value))))
+    return lax.pcast(value, missing, to="varying") if missing else value
+
+
+def stash_slots(schedule: Schedule) -> int:
+    """The fewest stash slots ``K`` such that ``microbatch % K`` never reuses a slot still in use.
+
+    A microbatch occupies a slot on stage ``s`` from the tick its input arrives (the
+    forward on ``s - 1``, or its own forward on stage 0) to its backward on ``s``.
+    """
+    p, m = schedule.stages, schedule.microbatches
+    tick = {(op.kind, op.stage, op.microbatch): op.tick for op in schedule.ops}
+    intervals = {
+        s: [(tick[("F", s - 1, i)] if s else tick[("F", s, i)], tick[("B", s, i)]) for i in range(m)] for s in range(p)
+    }
+    for k in range(1, m + 1):
+        if all(
+            not (a0 <= b1 and b0 <= a1)
+            for s in range(p)
+            for i, (a0, a1) in enumerate(intervals[s])
+            for j, (b0, b1) in enumerate(intervals[s])
+            if i < j and i % k == j % k
+        ):
+            return k
+    return m
+
+
+@dataclass(frozen=True)
+class PipelineProgram:
+    """The static part of a pipelined step: axis, table, and the IR's collectives."""
+
+    axis: str
+    schedule: Schedule
+    blocks: str
+    collectives: dict[str, CollectiveNode]
+
+    def tables(self) -> dict[str, np.ndarray]:
+        """Per tick and stage: op (0 idle, 1 forward, 2 backward), microbatch, and the stash slots
+        the activation and cotangent arriving at the end of the tick go to (``K`` = spare)."""
+        s, p, k = self.schedule, self.schedule.stages, stash_slots(self.schedule)
+        shape = (s.ticks, p)
+        op, micro = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+        act_slot, grad_slot = np.full(shape, k, np.int32), np.full(shape, k, np.int32)
+        for cell in s.ops:
+            op[cell.tick, cell.stage] = 1 if cell.kind == "F" else 2
+            micro[cell.tick, cell.stage] = cell.microbatch
+            if cell.kind == "F" and cell.stage + 1 < p:
+                act_slot[cell.tick, cell.stage + 1] = cell.microbatch % k
+            if cell.kind == "B" and cell.stage > 0:
+                grad_slot[cell.tick, cell.stage - 1] = cell.microbatch % k
+        return {"op": op, "micro": micro, "act_slot": act_slot, "grad_slot": grad_slot}
+
+    def _emit(self, name: str, value: Any) -> Any:
+        node = self.collectives[name]
+        p = self.schedule.stages
+        with jax.named_scope(TITANAX_SCOPE):
+            if node.op == "all-reduce":
+                return jax.tree.map(lambda x: lax.psum(x, self.axis), value)
+            forward = name == "pp_activations"
+            perm = [(i, i + 1) for i in range(p - 1)] if forward else [(i, i - 1) for i in range(1, p)]
+            return lax.ppermute(value, self.axis, perm=perm)
+
+    def _single_stage(self, first, block, last, params, batch):
+        # One stage: no neighbours to talk to, so the whole model runs on the whole batch;
+        # the two all-reduces over the (size-1) axis stay, as the IR declares them.
+        def loss_fn(params: dict[str, Any]) -> Any:
+            return sequential_loss(first, block, last, self.blocks, params, batch)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        others = self._emit("pp_replicated_grads", {n: g for n, g in grads.items() if n != self.blocks})
+        return self._emit("pp_loss", loss), {**others, self.blocks: grads[self.blocks]}
+
+    def value_and_grad(
+        self,
+        first: Callable[[Any, Any], Any],
+        block: Callable[[Any, Any], Any],
+        last: Callable[[Any, Any, Any], Any],
+        params: dict[str, Any],
+        batch: Any,
+    ) -> tuple[jax.Array, dict[str, Any]]:
+        """Mean loss over the microbatches and its gradients, by running the schedule."""
+        p, m = self.schedule.stages, self.schedule.microbatches
+        if p == 1:
+            return self._single_stage(first, block, last, params, batch)
+        k = stash_slots(self.schedule)
+        tables = {name: jnp.asarray(t) for name, t in self.tables().items()}
+        pipe = frozenset({self.axis})
+        blocks = params[self.blocks]
+        others = jax.tree.map(lambda x: _match(x, pipe), {n: v for n, v in params.items() if n != self.blocks})
+        micro = jax.tree.map(lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:]), batch)
+
+        def run_blocks(b: Any, x: Any) -> Any:
+            return lax.scan(lambda h, layer: (block(layer, h), None), x, b)[0]
+
+        def f_first(o: Any, b: Any, mb: Any) -> Any:
+            return run_blocks(b, first(o, mb))
+
+        def f_last(o: Any, b: Any, x: Any, mb: Any) -> Any:
+            return last(o, run_blocks(b, x), mb)
+
+        mb0 = jax.tree.map(lambda x: x[0], micro)
+        act_aval = jax.eval_shape(f_first, others, blocks, mb0)
+        mid_aval = jax.eval_shape(run_blocks, blocks, _zeros_like_aval(act_aval))
+        act_axes = _varying(act_aval) | _varying(mid_aval) | pipe
+        act_zero = _zeros_like_aval(act_aval, act_axes)
+        loss_axes = _varying(jax.eval_shape(f_last, others, blocks, act_zero, mb0)) | pipe
+        zero_grads = (jax.tree.map(jnp.zeros_like, others), jax.tree.map(jnp.zeros_like, blocks))
+        zero_loss = _match(jnp.zeros((), jnp.float32), loss_axes)
+        stage = lax.axis_index(self.axis)
+        kind = jnp.where(stage == 0, 0, jnp.where(stage == p - 1, 2, 1))  # first, middle, last
+
+        def outputs(act=None, grad=None, d_o=None, d_b=None, loss=None):
+            # Every branch returns the same types, varying-ness included.
+            return (
+                _match(act, act_axes) if act is not None else act_zero,
+                _match(grad, act_axes) if grad is not None else act_zero,
+                d_o if d_o is not None else zero_grads[0],
+                d_b if d_b is not None else zero_grads[1],
+                _match(loss.astype(jnp.float32), loss_axes) if loss is not None else zero_loss,
+            )
+
+        def idle(o, b, x, g, mb):
+            return outputs()
+
+        def forward_first(o, b, x, g, mb):
+            return outputs(act=f_first(o, b, mb))
+
+        def forward_middle(o, b, x, g, mb):
+            return outputs(act=run_blocks(b, x))
+
+        def backward_first(o, b, x, g, mb):
+            _, pullback = jax.vjp(lambda o_, b_: f_first(o_, b_, mb), o, b)
+            d_o, d_b = pullback(g)
+            return outputs(d_o=d_o, d_b=d_b)
+
+        def backward_middle(o, b, x, g, mb):
+            _, pullback = jax.vjp(run_blocks, b, x)
+            d_b, d_x = pullback(g)
+            return outputs(grad=d_x, d_b=d_b)
+
+        def backward_last(o, b, x, g, mb):
+            loss, pullback = jax.vjp(lambda o_, b_, x_: f_last(o_, b_, x_, mb), o, b, x)
+            d_o, d_b, d_x = pullback(_match(jnp.asarray(1.0 / m, loss.dtype), _varying(jax.typeof(loss))))
+            return outputs(grad=d_x, d_o=d_o, d_b=d_b, loss=loss)
+
+        # The last stage's forward only fills the stash: its backward, the next op it
+        # runs on that microbatch, recomputes it together with the loss.
+        branches = [idle, forward_first, forward_middle, idle, backward_first, backward_middle, backward_last]
+
+        def tick(carry, row):
+            stash, cotangents, grads_o, grads_b, loss_sum = carry
+            op, i = row["op"][stage], row["micro"][stage]
+            slot = i % k
+            mb = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), micro)
+            x_in = lax.dynamic_index_in_dim(stash, slot, keepdims=False)
+            g_in = lax.dynamic_index_in_dim(cotangents, slot, keepdims=False)
+            branch = jnp.where(op == 0, 0, 1 + (op - 1) * 3 + kind)
+            act, grad, d_o, d_b, loss = lax.switch(branch, branches, others, blocks, x_in, g_in, mb)
+            grads_o = jax.tree.map(jnp.add, grads_o, d_o)
+            grads_b = jax.tree.map(jnp.add, grads_b, d_b)
+            received_act = self._emit("pp_activations", act)
+            received_grad = self._emit("pp_cotangents", grad)
+            stash = lax.dynamic_update_index_in_dim(stash, received_act, row["act_slot"][stage], 0)
+            cotangents = lax.dynamic_update_index_in_dim(cotangents, received_grad, row["grad_slot"][stage], 0)
+            return (stash, cotangents, grads_o, grads_b, loss_sum + loss / m), None
+
+        buffers = jnp.broadcast_to(act_zero, (k + 1, *act_zero.shape))
+        carry = (buffers, buffers, *zero_grads, zero_loss)
+        (_, _, grads_o, grads_b, loss_sum), _ = lax.scan(tick, carry, tables)
+        loss = self._emit("pp_loss", loss_sum)
+        grads_o = self._emit("pp_replicated_grads", grads_o)
+        return loss, {**grads_o, self.blocks: grads_b}
