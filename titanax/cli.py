@@ -30,6 +30,7 @@ from titanax.passes import (
     compile_plan,
     parse_pipeline,
     print_after_each,
+    schedule_from_ir,
     verify_after_each,
 )
 
@@ -152,10 +153,29 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         ir = loaded.compile(target=_target(args, loaded), passes=passes, callbacks=callbacks)
         if args.print_after_all and not args.dump_ir:
             return 0
+    if args.schedule or args.schedule_svg:
+        return _write_schedule(loaded, ir, args)
     if args.dump_ir:
         sys.stdout.write(_render(ir, args.format, args.locations))
     else:
         sys.stdout.write(_summary(loaded, ir))
+    return 0
+
+
+def _write_schedule(loaded: LoadedPlan, ir: PlanIR, args: argparse.Namespace) -> int:
+    schedule = schedule_from_ir(ir)
+    if schedule is None or not schedule.ops:
+        raise PlanError.single(
+            "TX232",
+            f"{loaded.path} has no pipeline schedule to show",
+            "add a pipeline statement, and run the default passes (build-schedule makes the table)",
+        )
+    if args.schedule:
+        sys.stdout.write(schedule.timeline())
+    if args.schedule_svg:
+        with open(args.schedule_svg, "w", encoding="utf-8") as out:
+            out.write(schedule.svg())
+        print(f"wrote {args.schedule_svg}", file=sys.stderr)
     return 0
 
 
@@ -266,11 +286,14 @@ def _parser() -> argparse.ArgumentParser:
         "compile a .tx plan through the passes and show its IR",
         "Parse a .tx plan, run the pass pipeline, and print a summary or the IR.",
         "titanax compile examples/plans/3d.tx --dump-ir --format dot > plan.dot\n"
+        "  titanax compile examples/plans/dp_pp.tx --schedule --schedule-svg schedule.svg\n"
         "  titanax compile examples/gpt_small/plans/dp_tp.tx --model --devices 8",
     )
     compile_.add_argument("file", help="the .tx plan file")
     compile_.add_argument("--dump-ir", action="store_true", help="print the IR after all passes")
     compile_.add_argument("--locations", action="store_true", help="annotate IR nodes with their source location")
+    compile_.add_argument("--schedule", action="store_true", help="print the pipeline schedule as a timeline")
+    compile_.add_argument("--schedule-svg", metavar="OUT.svg", help="draw the pipeline schedule as an SVG picture")
     compile_.add_argument(
         "--model",
         nargs="?",

@@ -17,9 +17,10 @@ CONFIG = {"vocab": len(VOCAB), "seq_len": 64, "d_model": 64, "heads": 8, "d_ff":
 """96 symbols, 64-character context, 2 blocks of width 64 with 8 heads (about 0.1M parameters)."""
 
 
-def init_params(seed: int = 0) -> dict:
-    """Fresh GPT parameters, laid out as ``titanax.nn`` and the plans' TP rules expect."""
-    return nn.init_gpt(jax.random.PRNGKey(seed), **CONFIG)
+def init_params(seed: int = 0, *, stacked: bool = False) -> dict:
+    """Fresh GPT parameters, laid out as ``titanax.nn`` and the plans' TP rules expect;
+    ``stacked`` puts the blocks on a leading layer dimension, as pipelining needs."""
+    return nn.init_gpt(jax.random.PRNGKey(seed), stacked=stacked, **CONFIG)
 
 
 @tx.step_fn
@@ -35,11 +36,33 @@ def eval_step(state, batch):
     return state, {"loss": nn.gpt_loss(state.params, batch["ids"], batch["labels"])}
 
 
-def workload() -> tx.Workload:
+@tx.step_fn
+def pipeline_step(state, batch):
+    """The same loss over stacked blocks, run as the plan's pipeline schedule (or sequentially)."""
+    loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+@tx.step_fn(donate_state=False)
+def pipeline_eval_step(state, batch):
+    """Pipelined loss without an update (the gradients are computed and dropped)."""
+    loss, _ = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
+    return state, {"loss": loss}
+
+
+def workload(pipelined: bool = False) -> tx.Workload:
     """What ``titanax compile examples/gpt_small/plans/dp_tp.tx --model`` traces."""
     import jax.numpy as jnp
 
     ids = jnp.zeros((16, CONFIG["seq_len"]), jnp.int32)
     return tx.Workload(
-        params=init_params(), batch={"ids": ids, "labels": ids}, step=train_step, optimizer=tx.optim.adamw(3e-3)
+        params=init_params(stacked=pipelined),
+        batch={"ids": ids, "labels": ids},
+        step=pipeline_step if pipelined else train_step,
+        optimizer=tx.optim.adamw(3e-3),
     )
+
+
+def pipeline_workload() -> tx.Workload:
+    """The workload for plans with pipeline parallelism (stacked blocks)."""
+    return workload(pipelined=True)

@@ -4,7 +4,7 @@ Run:
     python examples/gpt_small/train.py --plan dp_tp --steps 300
     python examples/gpt_small/train.py --plan path/to/my_plan.tx
 
-Plans (examples/gpt_small/plans/): dp, tp, dp_tp, dp_tp_sp. On a CPU-only machine
+Plans (examples/gpt_small/plans/): dp, tp, dp_tp, dp_tp_sp, dp_pp, 3d. On a CPU-only machine
 the script simulates 8 devices. The last line printed is JSON with the results.
 """
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
 from data import Batches, load_corpus  # noqa: E402
-from model import eval_step, init_params, train_step  # noqa: E402
+from model import eval_step, init_params, pipeline_eval_step, pipeline_step, train_step  # noqa: E402
 
 import titanax as tx  # noqa: E402
 
@@ -32,7 +32,7 @@ PLANS = Path(__file__).parent / "plans"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--plan", default="dp_tp", help="dp, tp, dp_tp, dp_tp_sp, or the path of a .tx plan")
+    parser.add_argument("--plan", default="dp_tp", help="dp, tp, dp_tp, dp_tp_sp, dp_pp, 3d, or the path of a .tx plan")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32, help="global batch (a multiple of the DP size)")
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -53,16 +53,19 @@ def main() -> None:
         Batches(tokens[:split], args.batch_size, 64, seed=0),
         Batches(tokens[split:], args.batch_size, 64, seed=1),
     )
-    state = engine.create_state(init_params())
+    # Pipelined plans stack the blocks on a leading layer dimension and run the schedule.
+    pipelined = loaded.plan.pipeline_parallel is not None
+    step_fn, eval_fn = (pipeline_step, pipeline_eval_step) if pipelined else (train_step, eval_step)
+    state = engine.create_state(init_params(stacked=pipelined))
     eval_batches = [next(held_out) for _ in range(4)]
 
     def evaluate() -> float:
-        return float(np.mean([float(eval_step(state, b)[1]["loss"]) for b in eval_batches]))
+        return float(np.mean([float(eval_fn(state, b)[1]["loss"]) for b in eval_batches]))
 
     first_eval = evaluate()
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
-        state, metrics = train_step(state, next(train))
+        state, metrics = step_fn(state, next(train))
         if step % args.log_every == 0 or step == args.steps:
             print(f"step {step}: loss={float(metrics['loss']):.4f}", flush=True)
     seconds = time.perf_counter() - start

@@ -23,7 +23,7 @@ collectives are the IR's ``pp_*`` nodes, emitted under the Titanax scope.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -97,6 +97,8 @@ class PipelineProgram:
     schedule: Schedule
     blocks: str
     collectives: dict[str, CollectiveNode]
+    traced_bytes: dict[str, int] = field(default_factory=dict, compare=False)
+    """Bytes per device of each ``pp_*`` collective's operand, recorded when the step is traced."""
 
     def tables(self) -> dict[str, np.ndarray]:
         """Per tick and stage: op (0 idle, 1 forward, 2 backward), microbatch, and the stash slots
@@ -131,6 +133,14 @@ class PipelineProgram:
             return sequential_loss(first, block, last, self.blocks, params, batch)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
+        self.traced_bytes.update(
+            {
+                "pipeline-replicated gradients": sum(
+                    x.size * x.dtype.itemsize for n, g in grads.items() if n != self.blocks for x in jax.tree.leaves(g)
+                ),
+                "pipeline loss": 4,
+            }
+        )
         others = self._emit("pp_replicated_grads", {n: g for n, g in grads.items() if n != self.blocks})
         return self._emit("pp_loss", loss), {**others, self.blocks: grads[self.blocks]}
 
@@ -164,6 +174,15 @@ class PipelineProgram:
 
         mb0 = jax.tree.map(lambda x: x[0], micro)
         act_aval = jax.eval_shape(f_first, others, blocks, mb0)
+        act_bytes = act_aval.size * act_aval.dtype.itemsize
+        self.traced_bytes.update(
+            {
+                "pipeline activations": act_bytes,
+                "pipeline cotangents": act_bytes,
+                "pipeline-replicated gradients": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(others)),
+                "pipeline loss": 4,
+            }
+        )
         mid_aval = jax.eval_shape(run_blocks, blocks, _zeros_like_aval(act_aval))
         act_axes = _varying(act_aval) | _varying(mid_aval) | pipe
         act_zero = _zeros_like_aval(act_aval, act_axes)

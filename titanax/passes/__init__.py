@@ -11,6 +11,7 @@ from titanax.passes.check_mesh import CheckMesh
 from titanax.passes.check_parallel_axes import CheckParallelAxes
 from titanax.passes.check_pipeline import CheckPipeline
 from titanax.passes.check_precision import CheckPrecision
+from titanax.passes.check_stage_balance import CheckStageBalance
 from titanax.passes.check_tensor_parallel import CheckTensorParallel
 from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_plan, parse_pipeline, passes_by_name
 from titanax.passes.infer_mesh_shape import InferMeshShape
@@ -41,6 +42,7 @@ __all__ = [
     "CheckParallelAxes",
     "CheckPipeline",
     "CheckPrecision",
+    "CheckStageBalance",
     "CheckTensorParallel",
     "InferMeshShape",
     "InsertDPCollectives",

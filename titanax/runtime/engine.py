@@ -21,7 +21,7 @@ from titanax.lowering import (
     param_paths_and_shapes,
     param_specs,
 )
-from titanax.passes import PassPipeline, ResolveShardings, Target, compile_plan
+from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings, Target, compile_plan
 from titanax.runtime.loggers import Logger
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.state import TrainState
@@ -128,7 +128,7 @@ class Engine:
         # weak types, which step outputs never carry (a weak input would recompile).
         params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype, copy=True), params)
         resolve = ResolveShardings(parameters=param_paths_and_shapes(params))
-        self.ir = PassPipeline([resolve]).run(self.plan_ir, self._target)
+        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self._target)
         specs = param_specs(self.ir, params)
         params = jax.tree.map(
             lambda x, spec: jax.device_put(x, NamedSharding(self.mesh, spec), may_alias=False), params, specs

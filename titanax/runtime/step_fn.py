@@ -84,6 +84,8 @@ class StepFn:
         traced = traced_collectives(compiled.jaxpr(state, batch))
         _, metrics = compiled.eval_shape(state, batch)
         payloads = (("gradients", _local_nbytes(state.params)), ("metrics", _nbytes(metrics)))
+        if compiled.pipeline is not None:
+            payloads += tuple(compiled.pipeline.traced_bytes.items())
         pipeline = PassPipeline([InsertTracedCollectives(collectives=traced), AnnotatePayloads(operand_bytes=payloads)])
         return pipeline.run(state.engine.ir, Target(device_count=state.engine.device_count))
 

@@ -1,0 +1,99 @@
+"""``check-stage-balance``: the stages of a pipeline cost about the same, and fit the lowering.
+
+Runs once parameter shapes are known (after ``resolve-shardings``), when the plan
+names each stage's layers. A stage's cost is the number of parameters it runs:
+its range of the stacked blocks (layers x parameters per layer) plus every
+top-level entry it names (``embed``, ``head``). The costliest stage over the
+cheapest may not exceed the pipeline's ``balance_tolerance`` (TX228): a pipeline
+runs at the pace of its slowest stage. The lowering also needs the blocks split
+evenly and in order, stage ``s`` running layers ``[s L/p, (s+1) L/p)`` (TX227),
+and every named entry to exist (TX229).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+
+from titanax.frontend import parse_layer
+from titanax.ir import PipelineParallelNode, PlanIR
+from titanax.passes.base import Pass, PassContext, register_pass
+
+__all__ = ["CheckStageBalance"]
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class CheckStageBalance(Pass):
+    """Reject unbalanced stages (TX228), a blocks split the lowering cannot run (TX227), and
+    stages naming parameter entries that do not exist (TX229)."""
+
+    name = "check-stage-balance"
+    validates = True
+    requires = ("resolve-shardings",)
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Report stage costs out of balance, and stage layouts the lowering cannot run."""
+        dim = next((node for _, node in ir.items(PipelineParallelNode)), None)
+        stages = ir.stages()
+        params = ir.params()
+        if dim is None or not params or not any(stage.layers for stage in stages):
+            return
+        blocks = [p for p in params if p.path == dim.blocks or p.path.startswith(dim.blocks + "/")]
+        layers = blocks[0].shape[0] if blocks else 0
+        per_layer = sum(math.prod(p.shape[1:]) for p in blocks)
+        entries = sorted({p.path.split("/")[0] for p in params})
+        costs = []
+        for stage in stages:
+            cost = 0
+            for text in stage.layers:
+                ref = parse_layer(text)
+                if ref is None:
+                    continue  # check-pipeline reported it
+                if ref.name == dim.blocks and ref.start is not None:
+                    cost += (ref.stop - ref.start) * per_layer
+                elif ref.name not in entries:
+                    ctx.error(
+                        "TX229",
+                        f"stage {stage.index} names '{ref.name}', which is not a parameter entry",
+                        _entry_hint(ref.name, entries),
+                        stage.location,
+                    )
+                else:
+                    cost += sum(math.prod(p.shape) for p in params if p.path.split("/")[0] == ref.name)
+            costs.append(cost)
+            self._check_even_split(stage, dim, layers, len(stages), ctx)
+        if costs and min(costs) > 0 and max(costs) / min(costs) > dim.balance_tolerance:
+            listing = ", ".join(f"stage {i}: {c:,}" for i, c in enumerate(costs))
+            heavy, light = costs.index(max(costs)), costs.index(min(costs))
+            ctx.error(
+                "TX228",
+                f"pipeline stages are unbalanced: parameters per stage {listing} (max/min "
+                f"{max(costs) / min(costs):.2f} > balance_tolerance {dim.balance_tolerance})",
+                f"move work from stage {heavy} to stage {light} (e.g. its non-block entries), use more layers per "
+                "stage, or raise balance_tolerance",
+                dim.location,
+            )
+
+    @staticmethod
+    def _check_even_split(stage, dim, layers: int, count: int, ctx: PassContext) -> None:
+        ranges = [parse_layer(t) for t in stage.layers]
+        ranges = [r for r in ranges if r is not None and r.name == dim.blocks and r.start is not None]
+        per_stage = layers // count if count else 0
+        want = (stage.index * per_stage, (stage.index + 1) * per_stage)
+        got = (min(r.start for r in ranges), max(r.stop for r in ranges)) if ranges else None
+        covered = sum(r.stop - r.start for r in ranges)
+        if layers and (got != want or covered != per_stage):
+            ctx.error(
+                "TX227",
+                f"stage {stage.index} runs {[str(t) for t in stage.layers]}, but the pipeline lowering splits the "
+                f"{layers} stacked blocks evenly: stage {stage.index} must run {dim.blocks}[{want[0]}:{want[1]}]",
+                f"give each of the {count} stages {per_stage} consecutive blocks",
+                stage.location,
+            )
+
+
+def _entry_hint(name: str, entries: list[str]) -> str:
+    close = difflib.get_close_matches(name, entries, n=1)
+    return (f"did you mean '{close[0]}'? " if close else "") + f"the parameter entries are {entries}"
