@@ -21,15 +21,7 @@ P = jax.P
 
 def path_text(path: tuple[Any, ...]) -> str:
     """A pytree key path as the ``/``-joined text shard rules match: ``block/attn/qkv/w``."""
-    parts = []
-    for key in path:
-        for attribute in ("key", "idx", "name"):
-            if hasattr(key, attribute):
-                parts.append(str(getattr(key, attribute)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
+    return "/".join(_key_text(key) for key in path)
 
 
 def param_paths_and_shapes(params: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -48,22 +40,32 @@ def param_specs(ir: PlanIR, params: Any) -> Any:
 
 
 def optimizer_state_specs(opt_state: Any, params: Any, specs: Any) -> Any:
-    """Specs for ``opt_state``: subtrees shaped like ``params`` take ``specs``, the rest is replicated."""
-    params_def = jax.tree.structure(params)
+    """Specs for ``opt_state``: a leaf whose key path ends with a parameter's path, and has that
+    parameter's shape, takes its spec (Adam's moments, masked or per-group states alike);
+    every other leaf (step counts, scalars) is replicated."""
+    by_path = {
+        tuple(_key_text(k) for k in path): (leaf.shape, spec)
+        for (path, leaf), spec in zip(
+            jax.tree_util.tree_leaves_with_path(params),
+            jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)),
+            strict=True,
+        )
+    }
+    lengths = sorted({len(k) for k in by_path}, reverse=True)
 
-    def assign(node: Any) -> Any:
-        if jax.tree.structure(node) == params_def and _same_shapes(node, params):
-            return specs
-        children, treedef = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
-        if treedef.num_leaves == 1 and children and children[0] is node:  # a leaf
-            return P(*([None] * getattr(node, "ndim", 0)))
-        return jax.tree_util.tree_unflatten(treedef, [assign(child) for child in children])
+    def spec_for(path: tuple[Any, ...], leaf: Any) -> jax.sharding.PartitionSpec:
+        keys = tuple(_key_text(k) for k in path)
+        for length in lengths:
+            found = by_path.get(keys[-length:]) if len(keys) >= length else None
+            if found is not None and found[0] == getattr(leaf, "shape", None):
+                return found[1]
+        return P(*([None] * getattr(leaf, "ndim", 0)))
 
-    return assign(opt_state)
+    return jax.tree_util.tree_map_with_path(spec_for, opt_state)
 
 
-def _same_shapes(tree: Any, params: Any) -> bool:
-    return all(
-        getattr(a, "shape", None) == getattr(b, "shape", None)
-        for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(params), strict=True)
-    )
+def _key_text(key: Any) -> str:
+    for attribute in ("key", "idx", "name"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)

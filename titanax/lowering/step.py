@@ -19,7 +19,8 @@ so that tracing tells them apart from the ones the user's code performs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding
 
-from titanax.errors import BatchError, Diagnostic
+from titanax.errors import BatchError, Diagnostic, StepFnError
 from titanax.ir import PlanIR
 from titanax.lowering.collectives import emit_collectives, make_varying
 from titanax.lowering.context import StepContext, StepState
@@ -49,6 +50,25 @@ def replicated_spec(ndim: int) -> jax.sharding.PartitionSpec:
     form keeps the second call from recompiling.
     """
     return P(*([None] * ndim))
+
+
+@contextlib.contextmanager
+def _explained_varying_outputs() -> Iterator[None]:
+    """Turn shard_map's "out_specs require replication" into a Titanax error saying what to do."""
+    try:
+        yield
+    except ValueError as err:
+        if "out_specs" not in str(err) or "varying" not in str(err):
+            raise
+        first_line = str(err).strip().splitlines()[0]
+        raise StepFnError.single(
+            "TX509",
+            "a value the step returns (new state or metrics) differs across devices where the plan says it is "
+            f"replicated; JAX says: {first_line[:300]}",
+            "reduce metrics over the axes they vary along (e.g. tx.collectives.pmean(x, 'model')); an optimizer "
+            "that mixes split and whole parameters, such as optax.clip_by_global_norm, must count split ones "
+            "whole: use tx.optim.clip_by_global_norm",
+        ) from None
 
 
 def _path_text(path: tuple[Any, ...]) -> str:
@@ -99,11 +119,13 @@ class CompiledStep:
     # -- call path --------------------------------------------------------
     def __call__(self, state: Any, batch: Any) -> tuple[Any, Any]:
         """Run one step: ``(state, batch) -> (new_state, metrics)``."""
-        return self._jitted(state, self.place_batch(batch))
+        with _explained_varying_outputs():
+            return self._jitted(state, self.place_batch(batch))
 
     def lower(self, state: Any, batch: Any) -> jax.stages.Lowered:
         """Return JAX's ``Lowered`` for this step, for HLO, cost and memory analysis."""
-        return self._jitted.lower(state, self.place_batch(batch))
+        with _explained_varying_outputs():
+            return self._jitted.lower(state, self.place_batch(batch))
 
     def jaxpr(self, state: Any, batch: Any) -> Any:
         """The step's closed jaxpr (the ``shard_map`` body included), for finding its collectives."""

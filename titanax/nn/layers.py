@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from titanax.errors import StepFnError
 from titanax.lowering import active_step_context
 from titanax.runtime import collectives
 
@@ -65,6 +66,15 @@ def _varying_axes(x: Any) -> frozenset[str]:
     return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
 
 
+def _names(axis: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (axis,) if isinstance(axis, str) else axis
+
+
+def _split_over(array: Any, axis: str | tuple[str, ...] | None) -> bool:
+    """Whether ``array`` is this device's shard along the TP axis (its rule split it), not a whole copy."""
+    return axis is not None and set(_names(axis)) <= _varying_axes(array)
+
+
 def _enter_tp_region(x: Any, axis: str | tuple[str, ...]) -> Any:
     # Megatron's "f": identity forward, all-reduce of the cotangent backward. Marking the
     # replicated input varying over the TP axis is exactly that, in check_vma's terms.
@@ -80,9 +90,9 @@ def column_dense(params: Params, x: jax.Array) -> jax.Array:
     ``b`` (optional) is flat, in ``out``'s order, and split the same way.
     """
     axis = tp_axis()
-    if axis is not None:
-        x = _enter_tp_region(x, axis)
     w = params["w"]
+    if _split_over(w, axis):
+        x = _enter_tp_region(x, axis)
     y = jnp.tensordot(x, w, axes=1)
     if "b" in params:
         y = y + params["b"].reshape(w.shape[1:])
@@ -97,9 +107,27 @@ def row_dense(params: Params, x: jax.Array, *, in_dims: int = 1) -> jax.Array:
     parallelism), and the bias is added once, after the reduction.
     """
     axis = tp_axis()
-    y = jnp.tensordot(x, params["w"], axes=in_dims)
-    if axis is not None:
-        y = collectives.psum_scatter(y, axis, dim=1) if sequence_parallel() else collectives.psum(y, axis)
+    w = params["w"]
+    split = _split_over(w, axis)
+    if axis is not None and not split and _split_over(x, axis) and not sequence_parallel():
+        raise StepFnError.single(
+            "TX510",
+            f"row_dense got activations split over {axis!r} (from a column-parallel layer) but a whole weight {w.shape}",
+            "give this weight a row rule (its input dimension split over the TP axis), or make the layer before it whole",
+        )
+    if x.shape[-in_dims:] != w.shape[:in_dims]:
+        raise StepFnError.single(
+            "TX510",
+            f"row_dense input features {x.shape[-in_dims:]} do not match its weight {w.shape}",
+            "the weight's input dimensions must be split like the activations: column rule before, row rule here",
+        )
+    y = jnp.tensordot(x, w, axes=in_dims)
+    if split:
+        if sequence_parallel():
+            _check_sequence(y, axis)
+            y = collectives.psum_scatter(y, axis, dim=1)
+        else:
+            y = collectives.psum(y, axis)
     if "b" in params:
         y = y + params["b"]
     return y
@@ -118,9 +146,21 @@ def scatter_sequence(x: jax.Array) -> jax.Array:
     axis = tp_axis()
     if axis is None or not sequence_parallel():
         return x
+    _check_sequence(x, axis)
     size = x.shape[1] // lax.axis_size(axis)
     start = collectives.axis_index(axis) * size
     return lax.dynamic_slice_in_dim(_enter_tp_region(x, axis), start, size, axis=1)
+
+
+def _check_sequence(x: jax.Array, axis: str | tuple[str, ...]) -> None:
+    parts = math.prod(lax.axis_size(a) for a in _names(axis))
+    if x.ndim < 2 or x.shape[1] % parts:
+        raise StepFnError.single(
+            "TX511",
+            f"sequence parallelism splits dimension 1 of activations {x.shape} over {axis!r} ({parts} devices), "
+            f"which does not divide it",
+            f"use a sequence length that is a multiple of {parts}, or turn sequence_parallel off",
+        )
 
 
 def layer_norm(params: Params, x: jax.Array, *, eps: float = 1e-5) -> jax.Array:
@@ -162,13 +202,14 @@ def vocab_embed(params: Params, ids: jax.Array) -> jax.Array:
     """
     table = params["tokens"]
     axis = tp_axis()
-    if axis is None:
-        return table[ids]
+    if not _split_over(table, axis):
+        return scatter_sequence(table[ids])
     local = table.shape[0]
     offset = ids - collectives.axis_index(axis) * local
     inside = (offset >= 0) & (offset < local)
     rows = table[jnp.clip(offset, 0, local - 1)] * inside[..., None].astype(table.dtype)
     if sequence_parallel():
+        _check_sequence(rows, axis)
         return collectives.psum_scatter(rows, axis, dim=1)
     return collectives.psum(rows, axis)
 
@@ -180,7 +221,7 @@ def vocab_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     target's logit are reduced over the TP axis as per-token scalars.
     """
     axis = tp_axis()
-    if axis is None:
+    if not _split_over(logits, axis):  # whole logits on every device: the plain loss
         return -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[..., None], axis=-1)[..., 0]
     local = logits.shape[-1]
     # pmax has no derivative; the max only stabilises the exponentials, so stop its gradient first.

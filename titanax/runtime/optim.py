@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import optax
+from jax import lax
 
-__all__ = ["adam", "adamw", "is_gradient_transformation", "sgd"]
+__all__ = ["adam", "adamw", "chain", "clip_by_global_norm", "global_norm", "is_gradient_transformation", "sgd"]
 
 
 def sgd(
@@ -40,3 +43,47 @@ def adamw(
 def is_gradient_transformation(obj: Any) -> bool:
     """True when ``obj`` behaves as an optax transform (callable ``init`` and ``update``)."""
     return callable(getattr(obj, "init", None)) and callable(getattr(obj, "update", None))
+
+
+def _varying_axes(x: Any) -> tuple[str, ...]:
+    manual = getattr(jax.typeof(x), "manual_axis_type", None)
+    return tuple(sorted(manual.varying)) if manual is not None else ()
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The L2 norm of every array in ``tree`` taken whole, also when they are split over devices.
+
+    Inside a step, each leaf's sum of squares is summed over the axes it is split
+    over (the ones it varies along), so tensor- and pipeline-split gradients count
+    once each and the result is the same on every device. ``optax.global_norm``
+    would give each device the norm of its own shards only.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for leaf in jax.tree.leaves(tree):
+        squares = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+        axes = _varying_axes(squares)
+        total = total + (lax.psum(squares, axes) if axes else squares)
+    return jnp.sqrt(total)
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scale updates down so that their global norm is at most ``max_norm``, counting split
+    parameters whole (see :func:`global_norm`). Use it instead of ``optax.clip_by_global_norm``
+    under tensor or pipeline parallelism. Example::
+
+        tx.optim.chain(tx.optim.clip_by_global_norm(1.0), tx.optim.adamw(3e-4))
+    """
+
+    def init(params: Any) -> optax.EmptyState:
+        return optax.EmptyState()
+
+    def update(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        norm = global_norm(updates)
+        scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+        return jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
+chain = optax.chain
+"""``optax.chain``, re-exported so a whole optimizer can be written with ``tx.optim``."""
