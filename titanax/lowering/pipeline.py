@@ -35,7 +35,7 @@ from titanax.ir import CollectiveNode
 from titanax.lowering.trace import TITANAX_SCOPE
 from titanax.passes import Schedule
 
-__all__ = ["PipelineProgram", "sequential_loss", "stash_slots"]
+__all__ = ["PipelineProgram", "cotangent_slots", "sequential_loss", "stash_slots"]
 
 
 def sequential_loss(
@@ -66,27 +66,41 @@ def _match(value: jax.Array, axes: frozenset[str]) -> jax.Array:
     return lax.pcast(value, missing, to="varying") if missing else value
 
 
-def stash_slots(schedule: Schedule) -> int:
-    """The fewest stash slots ``K`` such that ``microbatch % K`` never reuses a slot still in use.
+def _fewest_slots(intervals: dict[int, list[tuple[int, int, int]]], m: int) -> int:
+    """Fewest ``K`` such that no two live intervals of one stage share ``microbatch % K``.
 
-    A microbatch occupies a slot on stage ``s`` from the tick its input arrives (the
-    forward on ``s - 1``, or its own forward on stage 0) to its backward on ``s``.
+    An interval ``(written, last_read]``: a slot is filled at the end of one tick and read
+    during a later one, and within a tick every read happens before the write.
     """
-    p, m = schedule.stages, schedule.microbatches
-    tick = {(op.kind, op.stage, op.microbatch): op.tick for op in schedule.ops}
-    intervals = {
-        s: [(tick[("F", s - 1, i)] if s else tick[("F", s, i)], tick[("B", s, i)]) for i in range(m)] for s in range(p)
-    }
     for k in range(1, m + 1):
         if all(
-            not (a0 <= b1 and b0 <= a1)
-            for s in range(p)
-            for i, (a0, a1) in enumerate(intervals[s])
-            for j, (b0, b1) in enumerate(intervals[s])
-            if i < j and i % k == j % k
+            not (a0 < b1 and b0 < a1)
+            for spans in intervals.values()
+            for x, (i, a0, a1) in enumerate(spans)
+            for (j, b0, b1) in spans[x + 1 :]
+            if i % k == j % k
         ):
             return k
     return m
+
+
+def stash_slots(schedule: Schedule) -> int:
+    """Slots for stage inputs: a microbatch's input waits on stage ``s > 0`` from the forward on
+    ``s - 1`` that sends it to the backward on ``s`` that last uses it (stage 0 recomputes its
+    input from the batch). About ``p`` under 1F1B, ``m`` under GPipe."""
+    p, m = schedule.stages, schedule.microbatches
+    tick = {(op.kind, op.stage, op.microbatch): op.tick for op in schedule.ops}
+    spans = {s: [(i, tick[("F", s - 1, i)], tick[("B", s, i)]) for i in range(m)] for s in range(1, p)}
+    return _fewest_slots(spans, m)
+
+
+def cotangent_slots(schedule: Schedule) -> int:
+    """Slots for cotangents: one waits on stage ``s < p - 1`` from the backward on ``s + 1`` that
+    sends it to the backward on ``s`` (usually the next tick, so one or two slots suffice)."""
+    p, m = schedule.stages, schedule.microbatches
+    tick = {(op.kind, op.stage, op.microbatch): op.tick for op in schedule.ops}
+    spans = {s: [(i, tick[("B", s + 1, i)], tick[("B", s, i)]) for i in range(m)] for s in range(p - 1)}
+    return _fewest_slots(spans, m)
 
 
 @dataclass(frozen=True)
@@ -101,19 +115,20 @@ class PipelineProgram:
     """Bytes per device of each ``pp_*`` collective's operand, recorded when the step is traced."""
 
     def tables(self) -> dict[str, np.ndarray]:
-        """Per tick and stage: op (0 idle, 1 forward, 2 backward), microbatch, and the stash slots
-        the activation and cotangent arriving at the end of the tick go to (``K`` = spare)."""
-        s, p, k = self.schedule, self.schedule.stages, stash_slots(self.schedule)
+        """Per tick and stage: op (0 idle, 1 forward, 2 backward), microbatch, and the slots the
+        activation and cotangent arriving at the end of the tick go to (the last slot is a spare)."""
+        s, p = self.schedule, self.schedule.stages
+        k, kg = stash_slots(s), cotangent_slots(s)
         shape = (s.ticks, p)
         op, micro = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-        act_slot, grad_slot = np.full(shape, k, np.int32), np.full(shape, k, np.int32)
+        act_slot, grad_slot = np.full(shape, k, np.int32), np.full(shape, kg, np.int32)
         for cell in s.ops:
             op[cell.tick, cell.stage] = 1 if cell.kind == "F" else 2
             micro[cell.tick, cell.stage] = cell.microbatch
             if cell.kind == "F" and cell.stage + 1 < p:
                 act_slot[cell.tick, cell.stage + 1] = cell.microbatch % k
             if cell.kind == "B" and cell.stage > 0:
-                grad_slot[cell.tick, cell.stage - 1] = cell.microbatch % k
+                grad_slot[cell.tick, cell.stage - 1] = cell.microbatch % kg
         return {"op": op, "micro": micro, "act_slot": act_slot, "grad_slot": grad_slot}
 
     def _emit(self, name: str, value: Any) -> Any:
@@ -156,7 +171,7 @@ class PipelineProgram:
         p, m = self.schedule.stages, self.schedule.microbatches
         if p == 1:
             return self._single_stage(first, block, last, params, batch)
-        k = stash_slots(self.schedule)
+        k, kg = stash_slots(self.schedule), cotangent_slots(self.schedule)
         tables = {name: jnp.asarray(t) for name, t in self.tables().items()}
         pipe = frozenset({self.axis})
         blocks = params[self.blocks]
@@ -233,10 +248,9 @@ class PipelineProgram:
         def tick(carry, row):
             stash, cotangents, grads_o, grads_b, loss_sum = carry
             op, i = row["op"][stage], row["micro"][stage]
-            slot = i % k
             mb = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), micro)
-            x_in = lax.dynamic_index_in_dim(stash, slot, keepdims=False)
-            g_in = lax.dynamic_index_in_dim(cotangents, slot, keepdims=False)
+            x_in = lax.dynamic_index_in_dim(stash, i % k, keepdims=False)
+            g_in = lax.dynamic_index_in_dim(cotangents, i % kg, keepdims=False)
             branch = jnp.where(op == 0, 0, 1 + (op - 1) * 3 + kind)
             act, grad, d_o, d_b, loss = lax.switch(branch, branches, others, blocks, x_in, g_in, mb)
             grads_o = jax.tree.map(jnp.add, grads_o, d_o)
@@ -247,8 +261,9 @@ class PipelineProgram:
             cotangents = lax.dynamic_update_index_in_dim(cotangents, received_grad, row["grad_slot"][stage], 0)
             return (stash, cotangents, grads_o, grads_b, loss_sum + loss / m), None
 
-        buffers = jnp.broadcast_to(act_zero, (k + 1, *act_zero.shape))
-        carry = (buffers, buffers, *zero_grads, zero_loss)
+        stash = jnp.broadcast_to(act_zero, (k + 1, *act_zero.shape))
+        cotangents = jnp.broadcast_to(act_zero, (kg + 1, *act_zero.shape))
+        carry = (stash, cotangents, *zero_grads, zero_loss)
         (_, _, grads_o, grads_b, loss_sum), _ = lax.scan(tick, carry, tables)
         loss = self._emit("pp_loss", loss_sum)
         grads_o = self._emit("pp_replicated_grads", grads_o)

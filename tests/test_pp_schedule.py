@@ -1,0 +1,155 @@
+"""Pipeline schedules as IR: properties of the tables, the verifier, validation errors, the timeline."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import titanax as tx
+from titanax.cli import main
+from titanax.ir import ScheduleOpNode, print_ir
+from titanax.lowering.pipeline import stash_slots
+from titanax.passes import Op, Schedule, Target, build_schedule, compile_plan, schedule_from_ir, schedule_problems
+
+settings_for_tables = settings(max_examples=80, deadline=None)
+shapes = st.tuples(st.integers(1, 6), st.integers(1, 12), st.sampled_from(["gpipe", "1f1b"]))
+
+
+@settings_for_tables
+@given(shapes)
+def test_every_built_schedule_verifies_with_the_ideal_idle_fraction(shape):
+    p, m, name = shape
+    if name == "1f1b" and m < p:
+        m = p
+    table = build_schedule(name, p, m)
+    assert schedule_problems(table) == []
+    assert table.ticks == 2 * (m + p - 1)
+    assert table.idle_fraction() == pytest.approx((p - 1) / (m + p - 1))
+    for s in range(p):
+        peak = table.peak_in_flight(s)
+        assert peak == m if name == "gpipe" else peak <= p - s
+
+
+@settings_for_tables
+@given(shapes, st.data())
+def test_dropping_an_op_is_rejected(shape, data):
+    p, m, name = shape
+    table = build_schedule(name, p, max(m, p))
+    dropped = data.draw(st.sampled_from(table.ops))
+    broken = Schedule(name, p, table.microbatches, tuple(op for op in table.ops if op != dropped))
+    assert any("never runs" in problem for problem in schedule_problems(broken))
+
+
+@settings_for_tables
+@given(shapes, st.data())
+def test_swapping_two_dependent_ops_is_rejected(shape, data):
+    p, m, name = shape
+    table = build_schedule(name, p, max(m, p))
+    ticks = {(op.kind, op.stage, op.microbatch): op.tick for op in table.ops}
+    # A dependent pair: F(s, i) -> F(s+1, i), or F(s, i) -> B(s, i), or B(s+1, i) -> B(s, i).
+    kind = data.draw(st.sampled_from(["FF", "FB", "BB"] if p > 1 else ["FB"]))
+    s = data.draw(st.integers(0, p - 2)) if kind != "FB" else data.draw(st.integers(0, p - 1))
+    i = data.draw(st.integers(0, table.microbatches - 1))
+    first, second = {
+        "FF": (("F", s, i), ("F", s + 1, i)),
+        "FB": (("F", s, i), ("B", s, i)),
+        "BB": (("B", s + 1, i), ("B", s, i)),
+    }[kind]
+    swapped = []
+    for op in table.ops:
+        key = (op.kind, op.stage, op.microbatch)
+        tick = ticks[second] if key == first else ticks[first] if key == second else op.tick
+        swapped.append(Op(tick, op.stage, op.kind, op.microbatch))
+    problems = schedule_problems(Schedule(name, p, table.microbatches, tuple(sorted(swapped))))
+    assert any("does not come after" in problem or "runs two ops" in problem for problem in problems)
+
+
+def test_1f1b_needs_only_about_p_stash_slots():
+    for p, m in ((4, 16), (4, 32), (2, 9)):
+        assert stash_slots(build_schedule("1f1b", p, m)) <= p + 1
+        assert stash_slots(build_schedule("gpipe", p, m)) == m
+
+
+def test_the_schedule_is_in_the_ir_and_reads_back():
+    plan = tx.Plan(data_parallel=tx.DP(axis="data"), pipeline_parallel=tx.PP(axis="pipe", microbatches=4))
+    ir = compile_plan(tx.MeshSpec(axes=("data", "pipe"), shape=(2, 2)), plan, target=Target(device_count=4))
+    ops = list(ir.items(ScheduleOpNode))
+    assert len(ops) == 2 * 2 * 4
+    assert schedule_from_ir(ir) == build_schedule("1f1b", 2, 4)
+    text = print_ir(ir)
+    assert '%schedule.1.1 = schedule_op {tick = 1, stage = 1, op = "forward", microbatch = 0}' in text
+    assert "%schedule.1.1 -runs-> %stage.1" in text and "%schedule.1.1 -next-> %schedule.1.2" in text
+    names = {c.name for c in ir.collectives()}
+    assert {"pp_activations", "pp_cotangents", "pp_replicated_grads", "pp_loss", "grad_sync"} <= names
+
+
+def test_timeline_and_svg(tmp_path, capsys):
+    plan = tmp_path / "pp.tx"
+    plan.write_text("mesh { pipe = 4 }\npipeline over pipe { schedule = gpipe microbatches = 4 }\n")
+    svg = tmp_path / "schedule.svg"
+    assert main(["compile", str(plan), "--schedule", "--schedule-svg", str(svg)]) == 0
+    out = capsys.readouterr().out
+    assert "gpipe: 4 stages, 4 microbatches, 14 ticks, idle 42.9%" in out
+    assert "    3 | .  .  .  F0 F1 F2 F3 B0 B1 B2 B3 .  .  .  " in out
+    picture = svg.read_text()
+    assert picture.startswith("<svg") and picture.count("<title>tick") == 32
+
+
+def test_schedule_of_a_plan_without_pipeline_is_an_error(tmp_path, capsys):
+    plan = tmp_path / "dp.tx"
+    plan.write_text("mesh { data = 8 }\ndata_parallel over data\n")
+    assert main(["compile", str(plan), "--schedule"]) == 1
+    assert "error[TX232]" in capsys.readouterr().err
+
+
+# -- validation before any JAX work ------------------------------------------------
+def pipeline_errors(text, devices=8):
+    with pytest.raises(tx.TitanaxError) as info:
+        tx.load_plan(text=text, name="pp.tx").compile(target=Target(device_count=devices))
+    return {d.code: d.message for d in info.value.diagnostics}
+
+
+def test_stage_count_must_equal_the_pipeline_axis():
+    errors = pipeline_errors("mesh { data = 2, pipe = 4 }\npipeline over pipe { microbatches = 8 stage [a] stage [b] }")
+    assert "the pipeline has 2 stages but axis 'pipe' has size 4" in errors["TX212"]
+
+
+def test_1f1b_needs_as_many_microbatches_as_stages():
+    errors = pipeline_errors("mesh { data = 2, pipe = 4 }\npipeline over pipe { schedule = 1f1b microbatches = 2 }")
+    assert "2 microbatches, 4 stages" in errors["TX213"]
+
+
+def test_gpipe_accepts_fewer_microbatches_than_stages():
+    plan = tx.load_plan(text="mesh { pipe = 4 }\npipeline over pipe { schedule = gpipe microbatches = 2 }")
+    assert schedule_from_ir(plan.compile(target=Target(device_count=4))).ticks == 2 * (2 + 4 - 1)
+
+
+def test_batch_must_split_into_microbatches_on_every_replica():
+    import jax.numpy as jnp
+    from tests_helpers_pp import tiny_engine_and_step
+
+    engine, step, params = tiny_engine_and_step()
+    state = engine.create_state(params)
+    with pytest.raises(tx.BatchError, match="(?s)TX304.*multiple of 8"):
+        step(state, {"x": jnp.ones((12, 4)), "y": jnp.ones((12, 2))})
+
+
+def test_stage_balance_and_layout_are_checked_against_the_parameters():
+    import jax.numpy as jnp
+
+    text = (
+        "mesh { devices = 2, pipe = 2 }\n"
+        "pipeline over pipe { microbatches = 2 stage [embed, blocks[0:1]] stage [blocks[1:2], head] }"
+    )
+    loaded = tx.load_plan(text=text, name="pp.tx")
+    engine = tx.Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=tx.optim.sgd(0.1))
+    heavy_embed = {
+        "embed": {"w": jnp.ones((64, 16))},
+        "blocks": {"w": jnp.ones((2, 16, 16))},
+        "head": {"w": jnp.ones((16, 2))},
+    }
+    with pytest.raises(tx.PlanError) as info:
+        engine.create_state(heavy_embed)
+    assert info.value.code == "TX228"
+    assert "stage 0: 1,280, stage 1: 288" in str(info.value) and "balance_tolerance 1.25" in str(info.value)
+    with pytest.raises(tx.PlanError, match="TX226"):
+        engine.create_state({**heavy_embed, "blocks": {"w": jnp.ones((3, 16, 16))}})
