@@ -84,7 +84,9 @@ def test_compile_dump_ir_formats(fmt, capsys):
     elif fmt == "dot":
         assert out.startswith("digraph plan_ir {") and '"pp" -> "stage.0" [label="contains"];' in out
     else:
-        assert '%pp = parallel_dim.pipeline {axes = ("pipe"), microbatches = 4, schedule = "1f1b", blocks = "block"' in out
+        assert (
+            '%pp = parallel_dim.pipeline {axes = ("pipe"), microbatches = 4, schedule = "1f1b", blocks = "block"' in out
+        )
 
 
 def test_compile_with_chosen_passes_and_print_after_all(capsys):

@@ -27,8 +27,10 @@ name = st.one_of(identifier, digit_word).filter(lambda s: s not in ("none", "Non
 string = st.text(st.characters(blacklist_characters='"\n\r', blacklist_categories=("Cs",)), max_size=12)
 integer = st.integers(-(10**6), 10**6)
 
+decimal = st.tuples(st.integers(-999, 999), st.integers(0, 999)).map(lambda t: f"{t[0]}.{t[1]}")
 value = st.one_of(
     integer.map(A.IntValue),
+    decimal.map(A.FloatValue),
     name.map(A.NameValue),
     string.map(A.StringValue),
     st.lists(st.one_of(st.none(), identifier, st.tuples(identifier, identifier)), max_size=3)

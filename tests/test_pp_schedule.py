@@ -153,3 +153,56 @@ def test_stage_balance_and_layout_are_checked_against_the_parameters():
     assert "stage 0: 1,280, stage 1: 288" in str(info.value) and "balance_tolerance 1.25" in str(info.value)
     with pytest.raises(tx.PlanError, match="TX226"):
         engine.create_state({**heavy_embed, "blocks": {"w": jnp.ones((3, 16, 16))}})
+
+
+def test_a_pipeline_plan_whose_step_skips_the_pipeline_is_a_clear_error():
+    import jax
+    import jax.numpy as jnp
+    from tests_helpers_pp import tiny_engine_and_step
+
+    engine, _, params = tiny_engine_and_step()
+
+    @tx.step_fn
+    def plain(state, batch):
+        def loss(p):
+            x = batch["x"] @ p["embed"]["w"]
+            x = jax.lax.scan(lambda h, layer: (jnp.tanh(h @ layer["w"]), None), x, p["blocks"])[0]
+            return jnp.mean((x @ p["head"]["w"] - batch["y"]) ** 2)
+
+        value, grads = jax.value_and_grad(loss)(state.params)
+        return state.apply_gradients(grads=grads), {"loss": value}
+
+    with pytest.raises(tx.StepFnError, match="TX512.*tx.pipeline.value_and_grad"):
+        plain(engine.create_state(params), {"x": jnp.ones((8, 4)), "y": jnp.ones((8, 2))})
+
+
+def test_scalar_batch_leaves_cannot_be_split_into_microbatches():
+    import jax.numpy as jnp
+    from tests_helpers_pp import tiny_engine_and_step
+
+    engine, step, params = tiny_engine_and_step()
+    with pytest.raises(tx.BatchError, match="TX303"):
+        step(engine.create_state(params), {"x": jnp.ones((8, 4)), "y": jnp.ones((8, 2)), "scale": jnp.float32(2.0)})
+
+
+def test_missing_prerequisites_hint_is_a_runnable_pipeline(capsys):
+    plan = "examples/plans/dp.tx"
+    assert (
+        main(["compile", plan, "--passes", "check-mesh,check-tensor-parallel,infer-mesh-shape,check-stage-balance"])
+        == 1
+    )
+    hint = capsys.readouterr().err.split("--passes ")[1].split()[0]
+    assert main(["compile", plan, "--devices", "8", "--passes", hint]) == 0
+
+
+def test_stacked_layers_that_do_not_split_report_only_that():
+    from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings
+
+    loaded = tx.load_plan(
+        text="mesh { pipe = 2 }\npipeline over pipe { microbatches = 2 stage [embed, blocks[0:1]] stage [blocks[1:3], head] }"
+    )
+    ir = loaded.compile(target=Target(device_count=2))
+    resolve = ResolveShardings(parameters=(("embed/w", (4, 16)), ("blocks/w", (3, 16, 16)), ("head/w", (16, 2))))
+    with pytest.raises(tx.PlanError) as info:
+        PassPipeline([resolve, CheckStageBalance()]).run(ir, Target(device_count=2))
+    assert [d.code for d in info.value.diagnostics] == ["TX226"]

@@ -114,8 +114,12 @@ def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
             f"{', '.join(collective.axes)} (group of {collective.group_size}){_bytes_text(collective.payload_bytes)}"
         )
     if collectives and all(c.payload_bytes is not None for c in collectives):
-        total = sum(c.payload_bytes for c in collectives)
-        lines.append(f"  {len(collectives)} collectives per step, {_bytes_text(total)[2:]} per device")
+        schedule = schedule_from_ir(ir)
+        ticks = schedule.ticks if schedule is not None else 1
+        # The pipeline's permutes run once per tick; everything else once per step.
+        runs = [ticks if c.op == "collective-permute" and c.name.startswith("pp_") else 1 for c in collectives]
+        total = sum(c.payload_bytes * n for c, n in zip(collectives, runs, strict=True))
+        lines.append(f"  {sum(runs)} collectives per step, {_bytes_text(total)[2:]} per device")
     if loaded.model and not ir.params():
         lines.append(f"  model {loaded.model} (named in the file, not imported; add --model to trace it)")
     return "\n".join(lines) + "\n"
@@ -151,7 +155,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         if args.print_after_all:
             callbacks.append(print_after_each(sys.stdout))
         ir = loaded.compile(target=_target(args, loaded), passes=passes, callbacks=callbacks)
-        if args.print_after_all and not args.dump_ir:
+        if args.print_after_all and not (args.dump_ir or args.schedule or args.schedule_svg):
             return 0
     if args.schedule or args.schedule_svg:
         return _write_schedule(loaded, ir, args)

@@ -112,6 +112,8 @@ class PipelineProgram:
     blocks: str
     collectives: dict[str, CollectiveNode]
     traced_bytes: dict[str, int] = field(default_factory=dict, compare=False)
+    used: list[bool] = field(default_factory=list, compare=False)
+    """Appended to each time the step traces ``value_and_grad``, so the step can tell if it never did."""
     """Bytes per device of each ``pp_*`` collective's operand, recorded when the step is traced."""
 
     def tables(self) -> dict[str, np.ndarray]:
@@ -168,6 +170,7 @@ class PipelineProgram:
         batch: Any,
     ) -> tuple[jax.Array, dict[str, Any]]:
         """Mean loss over the microbatches and its gradients, by running the schedule."""
+        self.used.append(True)
         p, m = self.schedule.stages, self.schedule.microbatches
         if p == 1:
             return self._single_stage(first, block, last, params, batch)

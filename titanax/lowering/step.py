@@ -58,7 +58,7 @@ def _explained_varying_outputs() -> Iterator[None]:
     try:
         yield
     except ValueError as err:
-        if "out_specs" not in str(err) or "varying" not in str(err):
+        if "out_specs" not in str(err) or "replicat" not in str(err):
             raise
         first_line = str(err).strip().splitlines()[0]
         raise StepFnError.single(
@@ -158,11 +158,11 @@ class CompiledStep:
         for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
             shape = jnp.shape(leaf)
             where = f"batch leaf {_path_text(path)} with shape {shape}"
-            if self.dp_axes and not shape:
+            if (self.dp_axes or self.microbatches > 1) and not shape:
                 problems.append(
                     (
                         "TX303",
-                        f"{where} is a scalar; data parallelism splits dimension 0",
+                        f"{where} is a scalar; data parallelism and pipeline microbatches split dimension 0",
                         "give every batch leaf a leading batch dimension",
                     )
                 )
@@ -204,6 +204,30 @@ class CompiledStep:
         with jax.named_scope(TITANAX_SCOPE):
             return emit_collectives(self._grad_collectives, grads)
 
+    @contextlib.contextmanager
+    def _pipeline_used_check(self) -> Iterator[None]:
+        """Under a pipeline plan, a step must run its model through ``tx.pipeline.value_and_grad``."""
+        if self.pipeline is None:
+            yield
+            return
+        before = len(self.pipeline.used)
+        failure: Exception | None = None
+        try:
+            yield
+        except StepFnError:
+            raise
+        except Exception as err:  # noqa: BLE001 - re-raised below, explained if the pipeline was skipped
+            failure = err
+        if len(self.pipeline.used) == before:
+            raise StepFnError.single(
+                "TX512",
+                "the plan has pipeline parallelism but the step never called tx.pipeline.value_and_grad",
+                "compute the loss and gradients with tx.pipeline.value_and_grad(model, state.params, batch); "
+                "the blocks on each device are only its stage's share",
+            ) from failure
+        if failure is not None:
+            raise failure
+
     def _context(self, state: StepState, accumulate: bool) -> StepContext:
         return StepContext(
             state=state,
@@ -219,7 +243,7 @@ class CompiledStep:
         seen = state.replace(params=make_varying(state.params, self.dp_axes))
         if self.accumulate_steps == 1:
             ctx = self._context(state, accumulate=False)
-            with ctx.active():
+            with ctx.active(), self._pipeline_used_check():
                 returned, metrics = self.fn(seen, batch)
             # What the user returns after apply_gradients (clipped, replaced...) is kept; a step
             # that never applied gradients returns the replicated input state unchanged.

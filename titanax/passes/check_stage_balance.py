@@ -40,6 +40,8 @@ class CheckStageBalance(Pass):
         params = ir.params()
         if dim is None or not params or not any(stage.layers for stage in stages):
             return
+        if any(d.code == "TX226" for d in ctx.diagnostics):
+            return  # the blocks could not be laid out, so their cost is unknown
         blocks = [p for p in params if p.path == dim.blocks or p.path.startswith(dim.blocks + "/")]
         layers = blocks[0].shape[0] if blocks else 0
         per_layer = sum(math.prod(p.shape[1:]) for p in blocks)

@@ -65,6 +65,22 @@ def _split_entry(entry: str) -> tuple[str, dict[str, str]]:
     return name.strip(), options
 
 
+def _with_prerequisites(names: Sequence[str]) -> list[str]:
+    """``names`` with every missing prerequisite (and theirs) inserted before the pass needing it."""
+    ordered: list[str] = []
+
+    def add(name: str) -> None:
+        if name in ordered:
+            return
+        for required in PASS_REGISTRY[name].requires:
+            add(required)
+        ordered.append(name)
+
+    for name in names:
+        add(name)
+    return ordered
+
+
 def passes_by_name(names: Sequence[str]) -> list[Pass]:
     """Instantiate passes from entries ``name`` or ``name{key=value,...}``; reject unknown
     passes (TX206), missing prerequisites (TX207) and bad options (TX220)."""
@@ -79,7 +95,7 @@ def passes_by_name(names: Sequence[str]) -> list[Pass]:
             raise PlanError.single(
                 "TX207",
                 f"pass '{name}' needs {missing} to run before it",
-                f"use --passes {','.join([*missing, *names[: index + 1]])}",
+                f"use --passes {','.join(_with_prerequisites(names[: index + 1]))}",
             )
     return [PASS_REGISTRY[name].from_options(options) for name, options in entries]
 

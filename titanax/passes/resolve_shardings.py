@@ -78,6 +78,10 @@ def rule_specificity(pattern: str) -> tuple[int, int]:
     return (literals, -wildcards)
 
 
+def _under(path: str, entry: str) -> bool:
+    return path == entry or path.startswith(entry + "/")
+
+
 def _axis_entry(axes: tuple[str, ...]) -> str | tuple[str, ...]:
     return axes[0] if len(axes) == 1 else axes
 
@@ -101,6 +105,9 @@ class ResolveShardings(Pass):
     requires = ("check-mesh", "check-tensor-parallel", "infer-mesh-shape")
     parameters: tuple[tuple[str, tuple[int, ...]], ...] = ()
     """``(path, shape)`` of every parameter; an empty tuple leaves the IR as it is."""
+    stacked: tuple[str, ...] = ()
+    """Entries whose leaves stack layers on dimension 0 (besides the pipeline's blocks, which
+    always do): rules apply to the per-layer shape, and dimension 0 stays whole."""
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> ResolveShardings:
@@ -135,8 +142,11 @@ class ResolveShardings(Pass):
                 continue
             rule_id, rule = decided
             used.add(rule_id)
-            if pp is not None and (path == pp.blocks or path.startswith(pp.blocks + "/")):
+            if pp is not None and _under(path, pp.blocks):
                 spec = self._stacked_spec(path, shape, rule, tp, pp, sizes, ctx)
+            elif any(_under(path, entry) for entry in self.stacked) and shape:
+                per_layer = self._spec(path, shape[1:], rule, tp, sizes, ctx)
+                spec = None if per_layer is None else (None, *per_layer)
             else:
                 spec = self._spec(path, shape, rule, tp, sizes, ctx)
             if spec is None:

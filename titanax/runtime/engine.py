@@ -113,7 +113,7 @@ class Engine:
         """The compiled plan IR as text."""
         return print_ir(self.ir)
 
-    def create_state(self, params: Any) -> TrainState:
+    def create_state(self, params: Any, *, stacked: str | tuple[str, ...] = ()) -> TrainState:
         """Lay ``params`` out on the mesh as the plan says and initialise the optimizer state.
 
         Shard rules are resolved against the parameter tree here (errors name the
@@ -121,13 +121,18 @@ class Engine:
         tensor-parallel parameter, and the optimizer state follows the same layout.
         The parameters are copied, which matters because steps donate their input
         state: donating must never delete arrays the caller still holds.
+
+        ``stacked`` names entries whose leaves stack identical layers on dimension 0
+        (``"blocks"`` for a ``tx.PipelineModel``): shard rules then apply to each layer's
+        shape. A pipeline plan's blocks entry is always treated so.
         """
         # A real copy, with an explicit dtype: device_put(may_alias=False) still reuses an
         # uncommitted array's buffer for a multi-device sharding (seen with jax 0.10.2), and
         # donation would then delete the caller's array. The explicit dtype drops JAX's
         # weak types, which step outputs never carry (a weak input would recompile).
         params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype, copy=True), params)
-        resolve = ResolveShardings(parameters=param_paths_and_shapes(params))
+        stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
+        resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
         self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self._target)
         specs = param_specs(self.ir, params)
         params = jax.tree.map(

@@ -12,7 +12,10 @@ Inside a ``@tx.step_fn`` whose plan has pipeline parallelism,
 :func:`value_and_grad` runs the plan's GPipe or 1F1B schedule: the blocks split
 evenly over the stages, the first stage also runs ``first``, the last also
 runs ``last``. Without pipeline parallelism it is plain ``jax.value_and_grad``
-of the sequential model, so one training step serves every plan.
+of the sequential model, so one training step serves every plan; with tensor
+but no pipeline parallelism, create the state with
+``engine.create_state(params, stacked="blocks")`` so that shard rules apply to
+each layer rather than to the stack.
 
 Example::
 

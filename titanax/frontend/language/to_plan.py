@@ -313,6 +313,17 @@ class _Builder:
                 stmt.axes[1].span,
             )
             return None
+        if "balance_tolerance" in found and found["balance_tolerance"].value.value < 1:
+            setting = found.pop("balance_tolerance")
+            self.error(
+                "TX609",
+                f"pipeline setting 'balance_tolerance' is {setting.value.value}; it must be at least 1 (max/min stage cost)",
+                "write balance_tolerance = 1.25 (the default), or larger to allow less even stages",
+                setting.value.span,
+            )
+        given = any(isinstance(item, ast.Setting) and item.key == "microbatches" for item in stmt.block.items)
+        if "microbatches" not in found and given:
+            return None  # its value was already reported as malformed
         if "microbatches" not in found:
             self.errors.append(
                 Diagnostic(
