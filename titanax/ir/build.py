@@ -14,6 +14,7 @@ from titanax.frontend import DP, PP, TP, MeshSpec, Plan, Precision
 from titanax.ir.graph import PlanIR
 from titanax.ir.nodes import (
     AxisNode,
+    CollectiveNode,
     DataParallelNode,
     EdgeKind,
     MeshNode,
@@ -25,7 +26,7 @@ from titanax.ir.nodes import (
     TensorParallelNode,
 )
 
-__all__ = ["build_ir", "connect_over_axes"]
+__all__ = ["add_required_collective", "build_ir", "connect_over_axes"]
 
 
 def _mesh_devices_label(spec: MeshSpec) -> str:
@@ -40,6 +41,14 @@ def connect_over_axes(ir: PlanIR, node_id: str, node: Node) -> None:
     """Add an ``over`` edge from ``node_id`` to every axis it names that exists."""
     for axis_id in sorted({ir.axis_id(name) for name in node.axis_names} - {None}):
         ir.connect(node_id, axis_id, EdgeKind.OVER)
+
+
+def add_required_collective(ir: PlanIR, owner_id: str, node: CollectiveNode) -> str:
+    """Add ``node`` as ``collective.NAME``, required by the dimension ``owner_id``, over its axes."""
+    node_id = ir.add(f"collective.{node.name}", node)
+    ir.connect(owner_id, node_id, EdgeKind.REQUIRES)
+    connect_over_axes(ir, node_id, node)
+    return node_id
 
 
 def _add(ir: PlanIR, node_id: str, node: Node) -> str:

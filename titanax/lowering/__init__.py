@@ -5,7 +5,7 @@ IR declares, finds the ones the user's step adds (:func:`traced_collectives`),
 and offers :func:`collectives_in_hlo` to check the compiled program against both.
 """
 
-from titanax.lowering.collectives import emit_collective, emit_collectives, make_varying
+from titanax.lowering.collectives import emit_collective, emit_collectives, ensure_varying, make_varying, varying_axes
 from titanax.lowering.context import StepContext, StepState, active_step_context
 from titanax.lowering.hlo import HloCollective, collectives_in_hlo, shape_bytes
 from titanax.lowering.mesh import available_devices, make_jax_mesh
@@ -24,6 +24,7 @@ __all__ = [
     "collectives_in_hlo",
     "emit_collective",
     "emit_collectives",
+    "ensure_varying",
     "make_jax_mesh",
     "make_varying",
     "optimizer_state_specs",
@@ -33,4 +34,5 @@ __all__ = [
     "replicated_spec",
     "shape_bytes",
     "traced_collectives",
+    "varying_axes",
 ]

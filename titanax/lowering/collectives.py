@@ -7,7 +7,7 @@ not list, which is what lets tests compare compiled HLO against the IR.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
@@ -15,7 +15,7 @@ from jax import lax
 
 from titanax.ir import CollectiveNode
 
-__all__ = ["emit_collective", "emit_collectives", "make_varying"]
+__all__ = ["emit_collective", "emit_collectives", "ensure_varying", "make_varying", "varying_axes"]
 
 
 def emit_collective(node: CollectiveNode, tree: Any) -> Any:
@@ -44,3 +44,23 @@ def make_varying(tree: Any, axes: tuple[str, ...]) -> Any:
     if not axes:
         return tree
     return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
+
+
+def varying_axes(value: Any) -> frozenset[str]:
+    """The mesh axes a value varies along inside ``shard_map`` (``check_vma``'s view of it).
+
+    Takes a traced array, an abstract value, or a ``ShapeDtypeStruct`` from ``jax.eval_shape``.
+    """
+    manual = getattr(value, "manual_axis_type", None)
+    if manual is None:
+        manual = getattr(jax.typeof(value), "manual_axis_type", None)
+    return frozenset(manual.varying) if manual is not None else frozenset()
+
+
+def ensure_varying(value: Any, axes: Iterable[str]) -> Any:
+    """Mark ``value`` varying over each of ``axes`` it does not vary along yet.
+
+    ``lax.pcast`` refuses a value already varying over an axis, so only the missing ones are cast.
+    """
+    missing = tuple(sorted(set(axes) - varying_axes(value)))
+    return lax.pcast(value, missing, to="varying") if missing else value

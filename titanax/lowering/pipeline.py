@@ -32,6 +32,7 @@ import numpy as np
 from jax import lax
 
 from titanax.ir import CollectiveNode
+from titanax.lowering.collectives import ensure_varying, varying_axes
 from titanax.lowering.trace import TITANAX_SCOPE
 from titanax.passes import Schedule
 
@@ -47,23 +48,10 @@ def sequential_loss(
     return last(others, x, batch)
 
 
-def _varying(aval: Any) -> frozenset[str]:
-    manual = getattr(aval, "manual_axis_type", None)
-    if manual is None and hasattr(aval, "aval"):
-        manual = getattr(aval.aval, "manual_axis_type", None)
-    return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
-
-
 def _zeros_like_aval(aval: Any, extra: frozenset[str] = frozenset()) -> jax.Array:
-    axes = tuple(sorted(_varying(aval) | extra))
+    axes = tuple(sorted(varying_axes(aval) | extra))
     zeros = jnp.zeros(aval.shape, aval.dtype)
     return lax.pcast(zeros, axes, to="varying") if axes else zeros
-
-
-def _match(value: jax.Array, axes: frozenset[str]) -> jax.Array:
-    """Mark ``value`` varying over every axis of ``axes`` it is not varying over yet."""
-    missing = tuple(sorted(axes - _varying(jax.typeof(value))))
-    return lax.pcast(value, missing, to="varying") if missing else value
 
 
 def _fewest_slots(intervals: dict[int, list[tuple[int, int, int]]], m: int) -> int:
@@ -178,7 +166,7 @@ class PipelineProgram:
         tables = {name: jnp.asarray(t) for name, t in self.tables().items()}
         pipe = frozenset({self.axis})
         blocks = params[self.blocks]
-        others = jax.tree.map(lambda x: _match(x, pipe), {n: v for n, v in params.items() if n != self.blocks})
+        others = jax.tree.map(lambda x: ensure_varying(x, pipe), {n: v for n, v in params.items() if n != self.blocks})
         micro = jax.tree.map(lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:]), batch)
 
         def run_blocks(b: Any, x: Any) -> Any:
@@ -202,22 +190,22 @@ class PipelineProgram:
             }
         )
         mid_aval = jax.eval_shape(run_blocks, blocks, _zeros_like_aval(act_aval))
-        act_axes = _varying(act_aval) | _varying(mid_aval) | pipe
+        act_axes = varying_axes(act_aval) | varying_axes(mid_aval) | pipe
         act_zero = _zeros_like_aval(act_aval, act_axes)
-        loss_axes = _varying(jax.eval_shape(f_last, others, blocks, act_zero, mb0)) | pipe
+        loss_axes = varying_axes(jax.eval_shape(f_last, others, blocks, act_zero, mb0)) | pipe
         zero_grads = (jax.tree.map(jnp.zeros_like, others), jax.tree.map(jnp.zeros_like, blocks))
-        zero_loss = _match(jnp.zeros((), jnp.float32), loss_axes)
+        zero_loss = ensure_varying(jnp.zeros((), jnp.float32), loss_axes)
         stage = lax.axis_index(self.axis)
         kind = jnp.where(stage == 0, 0, jnp.where(stage == p - 1, 2, 1))  # first, middle, last
 
         def outputs(act=None, grad=None, d_o=None, d_b=None, loss=None):
             # Every branch returns the same types, varying-ness included.
             return (
-                _match(act, act_axes) if act is not None else act_zero,
-                _match(grad, act_axes) if grad is not None else act_zero,
+                ensure_varying(act, act_axes) if act is not None else act_zero,
+                ensure_varying(grad, act_axes) if grad is not None else act_zero,
                 d_o if d_o is not None else zero_grads[0],
                 d_b if d_b is not None else zero_grads[1],
-                _match(loss.astype(jnp.float32), loss_axes) if loss is not None else zero_loss,
+                ensure_varying(loss.astype(jnp.float32), loss_axes) if loss is not None else zero_loss,
             )
 
         def idle(o, b, x, g, mb):
@@ -241,7 +229,7 @@ class PipelineProgram:
 
         def backward_last(o, b, x, g, mb):
             loss, pullback = jax.vjp(lambda o_, b_, x_: f_last(o_, b_, x_, mb), o, b, x)
-            d_o, d_b, d_x = pullback(_match(jnp.asarray(1.0 / m, loss.dtype), _varying(jax.typeof(loss))))
+            d_o, d_b, d_x = pullback(ensure_varying(jnp.asarray(1.0 / m, loss.dtype), varying_axes(jax.typeof(loss))))
             return outputs(grad=d_x, d_o=d_o, d_b=d_b, loss=loss)
 
         # The last stage's forward only fills the stash: its backward, the next op it

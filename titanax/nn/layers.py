@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from titanax.errors import StepFnError
-from titanax.lowering import active_step_context
+from titanax.lowering import active_step_context, ensure_varying, varying_axes
 from titanax.runtime import collectives
 
 __all__ = [
@@ -60,27 +60,19 @@ def sequence_parallel() -> bool:
     return bool(ctx is not None and ctx.tp_axes and ctx.sequence_parallel)
 
 
-def _varying_axes(x: Any) -> frozenset[str]:
-    aval = jax.typeof(x)
-    manual = getattr(aval, "manual_axis_type", None)
-    return frozenset(manual.varying) if manual is not None else frozenset(getattr(aval, "vma", ()))
-
-
 def _names(axis: str | tuple[str, ...]) -> tuple[str, ...]:
     return (axis,) if isinstance(axis, str) else axis
 
 
 def _split_over(array: Any, axis: str | tuple[str, ...] | None) -> bool:
     """Whether ``array`` is this device's shard along the TP axis (its rule split it), not a whole copy."""
-    return axis is not None and set(_names(axis)) <= _varying_axes(array)
+    return axis is not None and set(_names(axis)) <= varying_axes(array)
 
 
 def _enter_tp_region(x: Any, axis: str | tuple[str, ...]) -> Any:
     # Megatron's "f": identity forward, all-reduce of the cotangent backward. Marking the
     # replicated input varying over the TP axis is exactly that, in check_vma's terms.
-    names = (axis,) if isinstance(axis, str) else axis
-    missing = tuple(a for a in names if a not in _varying_axes(x))
-    return lax.pcast(x, missing, to="varying") if missing else x
+    return ensure_varying(x, _names(axis))
 
 
 def column_dense(params: Params, x: jax.Array) -> jax.Array:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import CollectiveNode, DataParallelNode, EdgeKind, PlanIR
-from titanax.ir.build import connect_over_axes
+from titanax.ir import CollectiveNode, DataParallelNode, PlanIR
+from titanax.ir.build import add_required_collective
 from titanax.passes.base import Pass, PassContext, register_pass
 
 __all__ = ["InsertDPCollectives", "GRADIENT_SYNC", "METRIC_REDUCE"]
@@ -41,6 +41,4 @@ class InsertDPCollectives(Pass):
                     origin="lowering",
                     group_size=group,
                 )
-                node_id = ir.add(f"collective.{name}", node)
-                ir.connect(dim_id, node_id, EdgeKind.REQUIRES)
-                connect_over_axes(ir, node_id, node)
+                add_required_collective(ir, dim_id, node)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import CollectiveNode, EdgeKind, PipelineParallelNode, PlanIR
-from titanax.ir.build import connect_over_axes
+from titanax.ir import CollectiveNode, PipelineParallelNode, PlanIR
+from titanax.ir.build import add_required_collective
 from titanax.passes.base import Pass, PassContext, register_pass
 
 __all__ = ["InsertPPCollectives", "PP_COLLECTIVES"]
@@ -54,6 +54,4 @@ class InsertPPCollectives(Pass):
                     origin="lowering",
                     group_size=group,
                 )
-                node_id = ir.add(f"collective.{name}", node)
-                ir.connect(dim_id, node_id, EdgeKind.REQUIRES)
-                connect_over_axes(ir, node_id, node)
+                add_required_collective(ir, dim_id, node)

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from titanax.ir import PlanIR, ScheduleOpNode
+
 __all__ = ["Op", "Schedule", "build_schedule", "schedule_from_ir", "schedule_problems"]
 
 
@@ -197,10 +199,8 @@ def schedule_problems(schedule: Schedule) -> list[str]:
     return problems
 
 
-def schedule_from_ir(ir) -> Schedule | None:  # noqa: ANN001 - PlanIR; imported lazily to keep this module standalone
+def schedule_from_ir(ir: PlanIR) -> Schedule | None:
     """The schedule table stored in ``ir``'s ``schedule_op`` nodes, or ``None`` without a pipeline."""
-    from titanax.ir import ScheduleOpNode
-
     dim = ir.pipeline_parallel()
     if dim is None:
         return None

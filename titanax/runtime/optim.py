@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from titanax.lowering import varying_axes
+
 __all__ = ["adam", "adamw", "chain", "clip_by_global_norm", "global_norm", "is_gradient_transformation", "sgd"]
 
 
@@ -45,11 +47,6 @@ def is_gradient_transformation(obj: Any) -> bool:
     return callable(getattr(obj, "init", None)) and callable(getattr(obj, "update", None))
 
 
-def _varying_axes(x: Any) -> tuple[str, ...]:
-    manual = getattr(jax.typeof(x), "manual_axis_type", None)
-    return tuple(sorted(manual.varying)) if manual is not None else ()
-
-
 def global_norm(tree: Any) -> jax.Array:
     """The L2 norm of every array in ``tree`` taken whole, also when they are split over devices.
 
@@ -61,7 +58,7 @@ def global_norm(tree: Any) -> jax.Array:
     total = jnp.zeros((), jnp.float32)
     for leaf in jax.tree.leaves(tree):
         squares = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
-        axes = _varying_axes(squares)
+        axes = tuple(sorted(varying_axes(squares)))
         total = total + (lax.psum(squares, axes) if axes else squares)
     return jnp.sqrt(total)
 
