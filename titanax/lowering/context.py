@@ -94,6 +94,9 @@ class StepContext:
                 f"gradients do not match the parameters: params are {expected}, grads are {got}",
                 "differentiate with respect to state.params, e.g. jax.grad(loss)(state.params)",
             )
+        # Under a precision policy the gradients come in the compute dtype; the sync and the
+        # optimizer work in the master parameters' dtype.
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, self._state.params)
         self.called, self.grads = True, grads
         if self._accumulate:
             return seen_state

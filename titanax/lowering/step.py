@@ -11,6 +11,11 @@ The program, per device:
    shards (whole parameters without tensor parallelism), and the metrics pass
    through the IR's metric collectives.
 
+Under a precision policy the parameters the user's function sees and the
+floating batch leaves are cast to the compute dtype (integer leaves never are),
+gradients come back to the master parameters' dtype before the sync and the
+optimizer, and floating metrics are cast to the output dtype.
+
 The state's partition specs come from the IR's ``param`` nodes: replicated
 without tensor parallelism, split over the TP axes where a shard rule says so.
 Collectives the lowering inserts run under the named scope ``TITANAX_SCOPE``,
@@ -100,6 +105,7 @@ class CompiledStep:
             else None
         )
         self.microbatches = pp.microbatches if pp is not None else 1
+        self.precision = ir.precision()
         self._grad_collectives = ir.collectives("gradients")
         self._metric_collectives = ir.collectives("metrics")
         batch_spec = P(self.dp_axes) if self.dp_axes else P()
@@ -228,6 +234,19 @@ class CompiledStep:
         if failure is not None:
             raise failure
 
+    def _compute_cast(self, tree: Any) -> Any:
+        """Floating arrays to the policy's compute dtype; integers (ids, labels) stay as they are."""
+        if self.precision is None:
+            return tree
+        dtype = jnp.dtype(self.precision.compute)
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+    def _output_cast(self, tree: Any) -> Any:
+        if self.precision is None:
+            return tree
+        dtype = jnp.dtype(self.precision.output)
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
     def _context(self, state: StepState, accumulate: bool) -> StepContext:
         return StepContext(
             state=state,
@@ -240,7 +259,8 @@ class CompiledStep:
         )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
-        seen = state.replace(params=make_varying(state.params, self.dp_axes))
+        seen = state.replace(params=self._compute_cast(make_varying(state.params, self.dp_axes)))
+        batch = self._compute_cast(batch)
         if self.accumulate_steps == 1:
             ctx = self._context(state, accumulate=False)
             with ctx.active(), self._pipeline_used_check():
@@ -251,7 +271,7 @@ class CompiledStep:
         else:
             new_state, metrics = self._accumulated(state, seen, batch)
         with jax.named_scope(TITANAX_SCOPE):
-            return new_state, emit_collectives(self._metric_collectives, metrics)
+            return new_state, emit_collectives(self._metric_collectives, self._output_cast(metrics))
 
     def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any]:
         k = self.accumulate_steps
@@ -268,7 +288,7 @@ class CompiledStep:
             return jax.tree.map(jnp.add, grad_sum, ctx.grads), metrics
 
         # zeros_like of a varying value is varying, as a scan carry must be here.
-        zeros = jax.tree.map(jnp.zeros_like, seen.params)
+        zeros = jax.tree.map(lambda s, p: jnp.zeros_like(s, dtype=p.dtype), seen.params, state.params)
         grad_sum, metrics = lax.scan(one_microbatch, zeros, micro)
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
         if not traced[-1].called:

@@ -49,15 +49,17 @@ def _axes(params: dict[str, Any]) -> tuple[str, ...]:
     return tuple(n for n in names if isinstance(n, str))
 
 
+_HELPERS = ("titanax/runtime/collectives.py", "titanax/lowering/collectives.py")
+"""Files whose frames are skipped when naming where a collective came from."""
+
+
 def _where(eqn: Any) -> str:
-    """The first frame outside JAX and outside ``tx.collectives``' thin wrappers."""
+    """The first frame outside JAX and outside Titanax's thin collective helpers."""
     try:
         from jax._src import source_info_util
 
         frames = source_info_util.user_frames(eqn.source_info.traceback)
-        frame = next(
-            (f for f in frames if not f.file_name.replace("\\", "/").endswith("titanax/runtime/collectives.py")), None
-        )
+        frame = next((f for f in frames if not f.file_name.replace("\\", "/").endswith(_HELPERS)), None)
     except Exception:  # noqa: BLE001 - the location is a courtesy; never fail the trace for it
         frame = None
     if frame is None:

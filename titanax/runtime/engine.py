@@ -45,20 +45,16 @@ def _check_optimizer(optimizer: Any) -> None:
 
 
 def _check_lowerable(ir: PlanIR) -> None:
-    # The language and the IR already describe these dimensions; refuse them here
-    # rather than run a step that silently ignores part of the plan.
-    missing = [(name, node) for name, node in (("a precision policy", ir.precision()),) if node is not None]
-    if missing:
+    # float16 needs dynamic loss scaling to train; refuse it rather than train badly.
+    policy = ir.precision()
+    if policy is not None and "float16" in (policy.params, policy.compute, policy.output):
         raise PlanError(
-            [
-                Diagnostic(
-                    code="TX230",
-                    message=f"the plan uses {name}, which the Engine cannot run yet",
-                    hint="the plan is valid and `titanax compile` shows its IR; the Engine does not apply precision policies yet",
-                    location=node.location,
-                )
-                for name, node in missing
-            ]
+            Diagnostic(
+                code="TX230",
+                message="the precision policy uses float16, which needs dynamic loss scaling that the Engine does not apply yet",
+                hint="use bfloat16 for compute (same exponent range as float32, no loss scaling needed)",
+                location=policy.location,
+            )
         )
 
 
@@ -130,7 +126,7 @@ class Engine:
         # uncommitted array's buffer for a multi-device sharding (seen with jax 0.10.2), and
         # donation would then delete the caller's array. The explicit dtype drops JAX's
         # weak types, which step outputs never carry (a weak input would recompile).
-        params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype, copy=True), params)
+        params = jax.tree.map(lambda x: jnp.array(x, dtype=self._master_dtype(jnp.asarray(x).dtype), copy=True), params)
         stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
         resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
         self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self._target)
@@ -148,6 +144,13 @@ class Engine:
         self.state_specs = TrainState(step=P(), params=specs, opt_state=opt_specs, engine=self)
         self.layout_version += 1
         return TrainState(step=step, params=params, opt_state=opt_state, engine=self)
+
+    def _master_dtype(self, dtype: Any) -> Any:
+        """The dtype a parameter is stored in: the policy's ``params`` for floating ones."""
+        policy = self.plan_ir.precision()
+        if policy is None or not jnp.issubdtype(dtype, jnp.floating):
+            return dtype
+        return jnp.dtype(policy.params)
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Send scalar ``metrics`` to every logger due at ``step`` (default: the host step)."""
