@@ -206,3 +206,30 @@ def test_stacked_layers_that_do_not_split_report_only_that():
     with pytest.raises(tx.PlanError) as info:
         PassPipeline([resolve, CheckStageBalance()]).run(ir, Target(device_count=2))
     assert [d.code for d in info.value.diagnostics] == ["TX226"]
+
+
+def test_stage_flops_from_cost_analysis_must_be_balanced():
+    import jax.numpy as jnp
+    from tests_helpers_pp import tiny_engine_and_step
+
+    engine, step, params = tiny_engine_and_step()
+    batch = {"x": jnp.ones((8, 4)), "y": jnp.ones((8, 2))}
+    state, _ = step(engine.create_state(params), batch)
+    flops = step.compiled(state).pipeline.stage_flops
+    assert len(flops) == 2 and flops[0] > 0 and max(flops) / min(flops) <= 1.25
+
+    heavy = tx.PipelineModel(  # the first stage also runs a 256-wide layer: far more work
+        first=lambda o, mb: jnp.tanh(mb["x"] @ o["embed"]["w"]) @ o["embed"]["v"],
+        block=lambda layer, x: jnp.tanh(x @ layer["w"]),
+        last=lambda o, x, mb: jnp.mean((x @ o["head"]["w"] - mb["y"]) ** 2),
+    )
+
+    @tx.step_fn
+    def heavy_step(state, batch):
+        loss, grads = tx.pipeline.value_and_grad(heavy, state.params, batch)
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    params = {**params, "embed": {"w": jnp.ones((4, 256)), "v": jnp.ones((256, 8)) / 256}}
+    with pytest.raises(tx.PlanError, match=r"TX228.*forward FLOPs per microbatch stage 0: .*XLA cost analysis") as info:
+        heavy_step(engine.create_state(params), batch)
+    assert "move work out of the model's first function" in str(info.value)

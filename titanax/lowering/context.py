@@ -17,7 +17,7 @@ import jax
 
 from titanax.errors import StepFnError
 
-__all__ = ["StepContext", "StepState", "active_step_context"]
+__all__ = ["StepContext", "StepState", "active_step_context", "outside_step_context"]
 
 
 class StepState(Protocol):
@@ -40,6 +40,16 @@ _ACTIVE: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("ti
 def active_step_context() -> StepContext | None:
     """The context of the step being traced, or ``None`` outside a compiled step."""
     return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def outside_step_context() -> Iterator[None]:
+    """Trace code as if no step were active (layers then use no mesh axes), then restore."""
+    token = _ACTIVE.set(None)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
 
 
 class StepContext:

@@ -31,8 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from titanax.errors import PlanError
 from titanax.ir import CollectiveNode
 from titanax.lowering.collectives import ensure_varying, varying_axes
+from titanax.lowering.context import outside_step_context
 from titanax.lowering.trace import TITANAX_SCOPE
 from titanax.passes import Schedule
 
@@ -99,7 +101,11 @@ class PipelineProgram:
     schedule: Schedule
     blocks: str
     collectives: dict[str, CollectiveNode]
+    balance_tolerance: float = 1.25
+    """Largest allowed ratio of the costliest stage's forward FLOPs to the cheapest's."""
     traced_bytes: dict[str, int] = field(default_factory=dict, compare=False)
+    stage_flops: list[float] = field(default_factory=list, compare=False)
+    """Forward FLOPs per microbatch of each stage, from XLA's cost analysis at trace time."""
     used: list[bool] = field(default_factory=list, compare=False)
     """Appended to each time the step traces ``value_and_grad``, so the step can tell if it never did."""
     """Bytes per device of each ``pp_*`` collective's operand, recorded when the step is traced."""
@@ -130,6 +136,50 @@ class PipelineProgram:
             forward = name == "pp_activations"
             perm = [(i, i + 1) for i in range(p - 1)] if forward else [(i, i - 1) for i in range(1, p)]
             return lax.ppermute(value, self.axis, perm=perm)
+
+    def _check_flops_balance(self, first, block, last, others, blocks, mb0) -> None:
+        """Compare the forward FLOPs of the first, middle and last stages (XLA's cost analysis).
+
+        ``first``, one block and ``last`` are lowered on their own, on this device's shard
+        shapes, outside the step (tensor-parallel layers then lower as plain math on their
+        shards, which keeps the proportions). Blocks are priced one layer at a time because
+        cost analysis counts a loop's body once, not once per iteration.
+        """
+
+        def abstract(tree: Any) -> Any:
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+        def flops(fn: Callable, *args: Any) -> float:
+            cost = jax.jit(fn).lower(*abstract(args)).cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            return float((cost or {}).get("flops", 0.0))
+
+        p = self.schedule.stages
+        layer = jax.tree.map(lambda x: x[0], blocks)
+        layers = jax.tree.leaves(blocks)[0].shape[0]
+        with outside_step_context():
+            # Outside the step, layers do no sequence splitting either: take the activation
+            # shape from this same trace, not from the step's (possibly sequence-split) one.
+            x = jax.eval_shape(first, *abstract((others, mb0)))
+            per_block = layers * flops(block, layer, x)
+            kinds = {
+                "first": flops(first, others, mb0) + per_block,
+                "middle": per_block,
+                "last": per_block + flops(last, others, x, mb0),
+            }
+        costs = [kinds["first"]] + [kinds["middle"]] * (p - 2) + [kinds["last"]]
+        self.stage_flops[:] = costs
+        if min(costs) > 0 and max(costs) / min(costs) > self.balance_tolerance:
+            listing = ", ".join(f"stage {i}: {c:,.0f}" for i, c in enumerate(costs))
+            heavy = "first" if costs[0] == max(costs) else "last" if costs[-1] == max(costs) else "middle"
+            raise PlanError.single(
+                "TX228",
+                f"pipeline stages are unbalanced: forward FLOPs per microbatch {listing} (XLA cost analysis; "
+                f"max/min {max(costs) / min(costs):.2f} > balance_tolerance {self.balance_tolerance})",
+                f"the {heavy} stage does the most work: move work out of the model's "
+                f"{'first' if heavy == 'first' else 'last'} function into the blocks, use more blocks per stage, "
+                "or raise balance_tolerance",
+            )
 
     def _single_stage(self, first, block, last, params, batch):
         # One stage: no neighbours to talk to, so the whole model runs on the whole batch;
@@ -189,6 +239,7 @@ class PipelineProgram:
                 "pipeline loss": 4,
             }
         )
+        self._check_flops_balance(first, block, last, others, blocks, mb0)
         mid_aval = jax.eval_shape(run_blocks, blocks, _zeros_like_aval(act_aval))
         act_axes = varying_axes(act_aval) | varying_axes(mid_aval) | pipe
         act_zero = _zeros_like_aval(act_aval, act_axes)

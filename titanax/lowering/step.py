@@ -100,6 +100,7 @@ class CompiledStep:
                 schedule=schedule_from_ir(ir),
                 blocks=pp.blocks,
                 collectives={c.name: c for c in ir.collectives() if c.name.startswith("pp_")},
+                balance_tolerance=pp.balance_tolerance,
             )
             if pp is not None
             else None
