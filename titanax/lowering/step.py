@@ -76,6 +76,15 @@ def _explained_varying_outputs() -> Iterator[None]:
         ) from None
 
 
+def _cast_floating(tree: Any, dtype: str | None) -> Any:
+    """Floating arrays of ``tree`` cast to ``dtype`` (a precision policy's); integers (ids, labels)
+    stay as they are. ``None`` leaves the tree untouched."""
+    if dtype is None:
+        return tree
+    target = jnp.dtype(dtype)
+    return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
 def _path_text(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path) or "<batch>"
 
@@ -235,19 +244,6 @@ class CompiledStep:
         if failure is not None:
             raise failure
 
-    def _compute_cast(self, tree: Any) -> Any:
-        """Floating arrays to the policy's compute dtype; integers (ids, labels) stay as they are."""
-        if self.precision is None:
-            return tree
-        dtype = jnp.dtype(self.precision.compute)
-        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-    def _output_cast(self, tree: Any) -> Any:
-        if self.precision is None:
-            return tree
-        dtype = jnp.dtype(self.precision.output)
-        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
     def _context(self, state: StepState, accumulate: bool) -> StepContext:
         return StepContext(
             state=state,
@@ -260,8 +256,9 @@ class CompiledStep:
         )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
-        seen = state.replace(params=self._compute_cast(make_varying(state.params, self.dp_axes)))
-        batch = self._compute_cast(batch)
+        compute = self.precision.compute if self.precision else None
+        seen = state.replace(params=_cast_floating(make_varying(state.params, self.dp_axes), compute))
+        batch = _cast_floating(batch, compute)
         if self.accumulate_steps == 1:
             ctx = self._context(state, accumulate=False)
             with ctx.active(), self._pipeline_used_check():
@@ -272,7 +269,8 @@ class CompiledStep:
         else:
             new_state, metrics = self._accumulated(state, seen, batch)
         with jax.named_scope(TITANAX_SCOPE):
-            return new_state, emit_collectives(self._metric_collectives, self._output_cast(metrics))
+            output = self.precision.output if self.precision else None
+            return new_state, emit_collectives(self._metric_collectives, _cast_floating(metrics, output))
 
     def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any]:
         k = self.accumulate_steps
