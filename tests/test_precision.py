@@ -78,6 +78,91 @@ def test_bfloat16_master_weights():
     assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(state.params))
 
 
-def test_float16_is_refused_until_loss_scaling_exists():
-    with pytest.raises(tx.PlanError, match="TX230.*float16.*loss scaling"):
-        run(tx.Precision(compute="float16"), steps=0)
+@tx.step_fn
+def scaled_step(state, batch):
+    loss, grads = tx.value_and_grad(nn.gpt_loss)(state.params, batch["ids"], batch["labels"])
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def test_float16_with_dynamic_loss_scaling_tracks_float32():
+    reference, _, _, _ = run(None)
+    engine_losses = []
+    engine = tx.Engine(
+        mesh=tx.MeshSpec(axes=("data", "model"), shape=(2, 4)),
+        plan=tx.Plan(
+            data_parallel=tx.DP(axis="data"),
+            tensor_parallel=tx.TP(axis="model", rules=nn.GPT_TP_RULES),
+            precision=tx.Precision(compute="float16"),
+        ),
+        optimizer=tx.optim.sgd(0.5),
+    )
+    state = engine.create_state(nn.init_gpt(jax.random.PRNGKey(0), **GPT))
+    batch = {**gpt_batches(1, 8)[0], "x": jnp.ones((8, 3))}
+    for _ in range(5):
+        state, metrics = scaled_step(state, batch)
+        engine_losses.append(float(metrics["loss"]))
+    np.testing.assert_allclose(engine_losses, reference, rtol=2e-2)
+    assert float(metrics["loss_scale"]) == 2.0**15  # no overflow, no growth yet
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
+    hlo = scaled_step.lower(state, batch).compile().as_text()
+    assert "f16[" in hlo
+    # Split gradients differ across TP shards: one declared all-reduce makes every device agree on overflow.
+    finite = [c for c in engine.ir.collectives() if c.name == "grad_finite"]
+    assert [(c.axes, c.reduction, c.operand) for c in finite] == [(("model",), "sum", "nonfinite_count")]
+    assert any(c.op == "all-reduce" and c.result_bytes == 4 and c.group_size == 4 for c in collectives_in_hlo(hlo))
+
+
+@tx.step_fn
+def boosted_step(state, batch):
+    def loss_fn(params):
+        out = batch["x"] @ params["w"]
+        return tx.collectives.pmean(jnp.mean(out**2) * batch["boost"][0], "model")
+
+    loss, grads = tx.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+@pytest.mark.parametrize("tensor_parallel", [False, True], ids=["dp8", "dp2xtp4"])
+def test_an_overflowing_step_keeps_the_parameters_and_halves_the_scale(tensor_parallel):
+    mesh = tx.MeshSpec(axes=("data", "model"), shape=(2, 4) if tensor_parallel else (8, 1))
+    plan = tx.Plan(
+        data_parallel=tx.DP(axis="data"),
+        tensor_parallel=tx.TP(axis="model", rules={"w": "column"}) if tensor_parallel else None,
+        precision=tx.Precision(compute="float16", loss_scale_init=1024.0, loss_scale_growth_interval=2),
+    )
+    engine = tx.Engine(mesh=mesh, plan=plan, optimizer=tx.optim.sgd(0.1))
+    state = engine.create_state({"w": jnp.full((4, 8), 0.1)})
+    x = jnp.ones((16, 4))
+    history = []
+    for boost in (1.0, 1.0, 1.0, 1e4, 1.0):
+        before = np.asarray(state.params["w"])
+        state, metrics = boosted_step(state, {"x": x, "boost": jnp.full((16,), boost)})
+        unchanged = np.array_equal(before, np.asarray(state.params["w"]))
+        history.append((float(metrics["loss_scale"]), unchanged, int(state.step)))
+    # Two finite steps double the scale; the overflow (loss x scale > 65504) skips the update and halves it.
+    assert history == [(1024.0, False, 1), (2048.0, False, 2), (2048.0, False, 3), (1024.0, True, 4), (1024.0, False, 5)]
+    assert int(state.loss_scale.good_steps) == 1
+
+
+def test_float16_without_tx_value_and_grad_is_explained():
+    engine = tx.Engine(
+        mesh=tx.MeshSpec(axes=("data",)),
+        plan=tx.Plan(data_parallel=tx.DP(axis="data"), precision=tx.Precision(compute="float16")),
+        optimizer=tx.optim.sgd(0.1),
+    )
+
+    @tx.step_fn
+    def unscaled(state, batch):
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((batch["x"] @ p["w"]) ** 2))(state.params)
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    state = engine.create_state({"w": jnp.ones((4, 2))})
+    with pytest.raises(tx.StepFnError, match="TX513.*tx.value_and_grad"):
+        unscaled(state, {"x": jnp.ones((8, 4))})
+
+
+def test_loss_scale_settings_are_checked():
+    with pytest.raises(tx.PlanError, match="TX204.*loss_scale_init"):
+        tx.Precision(compute="float16", loss_scale_init=0)
+    with pytest.raises(tx.PlanError, match="TX204.*loss_scale_growth_interval"):
+        tx.Precision(compute="float16", loss_scale_growth_interval=1.5)

@@ -8,13 +8,17 @@ programs whose every collective the IR declares.
 from titanax import errors
 from titanax.errors import (
     BatchError,
+    CheckpointError,
+    DistributedError,
     IRVerificationError,
     MeshError,
+    NonFiniteError,
     OptimizerError,
     ParseError,
     PlanError,
     StepFnError,
     TitanaxError,
+    TrainingError,
 )
 from titanax.frontend import DP, PP, TP, MeshSpec, Plan, Precision, Rule, Stage
 from titanax.loader import LoadedPlan, load_plan
@@ -22,7 +26,11 @@ from titanax.loader import LoadedPlan, load_plan
 # The runtime imports JAX; load it on first use so that the CLI and the
 # compiler stages (frontend, ir, passes) start without paying for JAX.
 _RUNTIME_NAMES = (
+    "Checkpoint",
     "Engine",
+    "data",
+    "distributed",
+    "value_and_grad",
     "PipelineModel",
     "StepFn",
     "TrainState",
@@ -55,6 +63,14 @@ __all__ = [
     "PipelineModel",
     "TP",
     "BatchError",
+    "Checkpoint",
+    "CheckpointError",
+    "DistributedError",
+    "NonFiniteError",
+    "TrainingError",
+    "data",
+    "distributed",
+    "value_and_grad",
     "Engine",
     "IRVerificationError",
     "LoadedPlan",

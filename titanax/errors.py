@@ -25,6 +25,10 @@ __all__ = [
     "StepFnError",
     "IRVerificationError",
     "ParseError",
+    "TrainingError",
+    "CheckpointError",
+    "NonFiniteError",
+    "DistributedError",
     "error_class_for_code",
 ]
 
@@ -163,6 +167,30 @@ class ParseError(TitanaxError):
     code_prefix = "TX6"
 
 
+class TrainingError(TitanaxError):
+    """The training run cannot go on as configured: engine and fit options, data (TX7xx)."""
+
+    code_prefix = "TX7"
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint cannot be saved or restored: missing, foreign, corrupt, or for another model (TX70x)."""
+
+    code_prefix = "TX70"
+
+
+class NonFiniteError(TrainingError):
+    """The loss became NaN or Inf (TX71x)."""
+
+    code_prefix = "TX71"
+
+
+class DistributedError(TrainingError):
+    """Multi-process setup failed: initialisation order, launcher environment, process data (TX74x)."""
+
+    code_prefix = "TX74"
+
+
 class IRVerificationError(TitanaxError):
     """The plan IR broke a structural invariant: a bug in a pass, not in user input (TX9xx)."""
 
@@ -176,6 +204,11 @@ _CLASSES: tuple[type[TitanaxError], ...] = (
     OptimizerError,
     StepFnError,
     ParseError,
+    # The subclasses of TrainingError own longer prefixes, so they are looked up first.
+    CheckpointError,
+    NonFiniteError,
+    DistributedError,
+    TrainingError,
     IRVerificationError,
 )
 

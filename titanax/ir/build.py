@@ -116,7 +116,13 @@ def _build_precision(ir: PlanIR, precision: Precision) -> None:
     ir.add(
         "precision",
         PrecisionNode(
-            params=precision.params, compute=precision.compute, output=precision.output, location=precision.location
+            params=precision.params,
+            compute=precision.compute,
+            output=precision.output,
+            loss_scaling=precision.loss_scaling,
+            loss_scale_init=float(precision.loss_scale_init),
+            loss_scale_growth_interval=precision.loss_scale_growth_interval,
+            location=precision.location,
         ),
     )
 

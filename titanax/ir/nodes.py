@@ -180,6 +180,12 @@ class PrecisionNode(Node):
     params: str
     compute: str
     output: str
+    loss_scaling: str = "none"
+    """``dynamic`` under float16 (the step scales the loss and skips overflowing updates), else ``none``."""
+    loss_scale_init: float = 2.0**15
+    """Starting loss scale under dynamic loss scaling."""
+    loss_scale_growth_interval: int = 2000
+    """Finite steps in a row after which the loss scale doubles."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,7 +294,9 @@ EDGE_RULES: dict[EdgeKind, frozenset[tuple[NodeKind, NodeKind]]] = {
             (NodeKind.COLLECTIVE, NodeKind.AXIS),
         }
     ),
-    EdgeKind.REQUIRES: frozenset({(NodeKind.PARALLEL_DIM, NodeKind.COLLECTIVE)}),
+    EdgeKind.REQUIRES: frozenset(
+        {(NodeKind.PARALLEL_DIM, NodeKind.COLLECTIVE), (NodeKind.PRECISION, NodeKind.COLLECTIVE)}
+    ),
     EdgeKind.LAYS_OUT: frozenset({(NodeKind.SHARD_RULE, NodeKind.PARAM)}),
     EdgeKind.CONTAINS: frozenset(
         {(NodeKind.PARALLEL_DIM, NodeKind.SHARD_RULE), (NodeKind.PARALLEL_DIM, NodeKind.STAGE)}

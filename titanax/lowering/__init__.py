@@ -8,6 +8,7 @@ and offers :func:`collectives_in_hlo` to check the compiled program against both
 from titanax.lowering.collectives import emit_collective, emit_collectives, ensure_varying, make_varying, varying_axes
 from titanax.lowering.context import StepContext, StepState, active_step_context
 from titanax.lowering.hlo import HloCollective, collectives_in_hlo, shape_bytes
+from titanax.lowering.loss_scale import LossScale, nonfinite_count
 from titanax.lowering.mesh import available_devices, make_jax_mesh
 from titanax.lowering.sharding import optimizer_state_specs, param_paths_and_shapes, param_specs, path_text
 from titanax.lowering.step import CompiledStep, replicated_spec
@@ -17,6 +18,7 @@ __all__ = [
     "TITANAX_SCOPE",
     "CompiledStep",
     "HloCollective",
+    "LossScale",
     "StepContext",
     "StepState",
     "active_step_context",
@@ -27,6 +29,7 @@ __all__ = [
     "ensure_varying",
     "make_jax_mesh",
     "make_varying",
+    "nonfinite_count",
     "optimizer_state_specs",
     "param_paths_and_shapes",
     "param_specs",

@@ -3,7 +3,9 @@
 While the lowering traces a user's step function, a :class:`StepContext` is
 active. ``TrainState.apply_gradients`` hands its gradients to it, and the
 context decides what happens: synchronise them with the IR's collectives and
-apply the optimizer (one microbatch), or only record them (accumulation).
+apply the optimizer (one microbatch), or only record them (accumulation). It
+also carries what ``state.rng_key()`` and ``tx.value_and_grad`` need to know
+about the step: the data-parallel axes, the microbatch index, the loss scale.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class StepState(Protocol):
         """Apply already-synchronised gradients with the optimizer, communicating nothing."""
         ...
 
+    @property
+    def loss_scale(self) -> Any:
+        """The float16 ``LossScale``, or ``None`` without loss scaling."""
+        ...
+
 
 _ACTIVE: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("titanax_step", default=None)
 
@@ -59,16 +66,27 @@ class StepContext:
         self,
         *,
         state: StepState,
-        sync: Callable[[Any], Any],
+        update: Callable[[StepState, Any], StepState],
         accumulate: bool,
         tp_axes: tuple[str, ...] = (),
+        dp_axes: tuple[str, ...] = (),
         sequence_parallel: bool = False,
         mesh_axes: tuple[str, ...] = (),
         pipeline: Any = None,
+        loss_scale: Any = None,
+        microbatch: Any = None,
     ):
         self._state = state
-        self._sync = sync
+        self._update = update
         self._accumulate = accumulate
+        self.dp_axes = dp_axes
+        """The plan's data-parallel axes; ``state.rng_key()`` folds in the position along them."""
+        self.loss_scale = loss_scale
+        """The float16 loss scale (a scalar) the loss is multiplied by, or ``None`` without loss scaling."""
+        self.loss_scaled = False
+        """Set by ``tx.value_and_grad`` once it has scaled the loss of this step."""
+        self.microbatch = microbatch
+        """The accumulation microbatch index (a traced scalar), or ``None`` without accumulation."""
         self.tp_axes = tp_axes
         """The plan's tensor-parallel axes (empty without TP); ``titanax.nn`` layers read them."""
         self.sequence_parallel = sequence_parallel
@@ -79,6 +97,8 @@ class StepContext:
         """The plan's :class:`~titanax.lowering.pipeline.PipelineProgram`, or ``None`` without PP."""
         self.grads: Any = None
         self.called = False
+        self.returned: Any = None
+        """Under accumulation, the state ``apply_gradients`` returned (edits after it cannot be kept)."""
 
     @contextlib.contextmanager
     def active(self) -> Iterator[StepContext]:
@@ -104,12 +124,21 @@ class StepContext:
                 f"gradients do not match the parameters: params are {expected}, grads are {got}",
                 "differentiate with respect to state.params, e.g. jax.grad(loss)(state.params)",
             )
+        if self.loss_scale is not None and not self.loss_scaled:
+            raise StepFnError.single(
+                "TX513",
+                "the plan computes in float16, which needs dynamic loss scaling, but the gradients were not taken "
+                "with tx.value_and_grad (or tx.pipeline.value_and_grad)",
+                "write loss, grads = tx.value_and_grad(loss_fn)(state.params): it scales the loss, and "
+                "apply_gradients unscales the gradients and skips a step that overflowed",
+            )
         # Under a precision policy the gradients come in the compute dtype; the sync and the
         # optimizer work in the master parameters' dtype.
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, self._state.params)
         self.called, self.grads = True, grads
         if self._accumulate:
+            self.returned = seen_state
             return seen_state
         # Keep any edits the user made to the state, but update the replicated parameters:
         # the ones the user saw are marked varying only so that autodiff stays local.
-        return seen_state.replace(params=self._state.params).apply_update(self._sync(grads))
+        return self._update(seen_state.replace(params=self._state.params), grads)

@@ -181,13 +181,14 @@ class PipelineProgram:
                 "or raise balance_tolerance",
             )
 
-    def _single_stage(self, first, block, last, params, batch):
+    def _single_stage(self, first, block, last, params, batch, loss_scale):
         # One stage: no neighbours to talk to, so the whole model runs on the whole batch;
         # the two all-reduces over the (size-1) axis stay, as the IR declares them.
         def loss_fn(params: dict[str, Any]) -> Any:
-            return sequential_loss(first, block, last, self.blocks, params, batch)
+            loss = sequential_loss(first, block, last, self.blocks, params, batch)
+            return (loss * loss_scale.astype(loss.dtype) if loss_scale is not None else loss), loss
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
+        (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         self.traced_bytes.update(
             {
                 "pipeline-replicated gradients": sum(
@@ -206,12 +207,18 @@ class PipelineProgram:
         last: Callable[[Any, Any, Any], Any],
         params: dict[str, Any],
         batch: Any,
+        loss_scale: Any = None,
     ) -> tuple[jax.Array, dict[str, Any]]:
-        """Mean loss over the microbatches and its gradients, by running the schedule."""
+        """Mean loss over the microbatches and its gradients, by running the schedule.
+
+        With a float16 ``loss_scale`` the backward starts from the scaled loss, so the
+        gradients come back multiplied by it (the step unscales them); the loss does not.
+        """
         self.used.append(True)
         p, m = self.schedule.stages, self.schedule.microbatches
         if p == 1:
-            return self._single_stage(first, block, last, params, batch)
+            return self._single_stage(first, block, last, params, batch, loss_scale)
+        seed = 1.0 / m if loss_scale is None else loss_scale / m
         k, kg = stash_slots(self.schedule), cotangent_slots(self.schedule)
         tables = {name: jnp.asarray(t) for name, t in self.tables().items()}
         pipe = frozenset({self.axis})
@@ -280,7 +287,7 @@ class PipelineProgram:
 
         def backward_last(o, b, x, g, mb):
             loss, pullback = jax.vjp(lambda o_, b_, x_: f_last(o_, b_, x_, mb), o, b, x)
-            d_o, d_b, d_x = pullback(ensure_varying(jnp.asarray(1.0 / m, loss.dtype), varying_axes(jax.typeof(loss))))
+            d_o, d_b, d_x = pullback(ensure_varying(jnp.asarray(seed, loss.dtype), varying_axes(jax.typeof(loss))))
             return outputs(grad=d_x, d_o=d_o, d_b=d_b, loss=loss)
 
         # The last stage's forward only fills the stash: its backward, the next op it

@@ -35,8 +35,9 @@ from jax.sharding import Mesh, NamedSharding
 
 from titanax.errors import BatchError, Diagnostic, StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering.collectives import emit_collectives, make_varying
+from titanax.lowering.collectives import emit_collectives, ensure_varying, make_varying
 from titanax.lowering.context import StepContext, StepState
+from titanax.lowering.loss_scale import nonfinite_count
 from titanax.lowering.pipeline import PipelineProgram
 from titanax.lowering.trace import TITANAX_SCOPE
 from titanax.passes import schedule_from_ir
@@ -85,6 +86,15 @@ def _cast_floating(tree: Any, dtype: str | None) -> Any:
     return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
+def _select(keep_new: jax.Array, new: Any, old: Any) -> Any:
+    """``new``'s parameters and optimizer state where ``keep_new`` holds, else ``old``'s (a skipped update)."""
+
+    def pick(a: Any, b: Any) -> Any:
+        return jax.tree.map(lambda x, y: jnp.where(keep_new, x, y), a, b)
+
+    return new.replace(params=pick(new.params, old.params), opt_state=pick(new.opt_state, old.opt_state))
+
+
 def _path_text(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path) or "<batch>"
 
@@ -92,7 +102,16 @@ def _path_text(path: tuple[Any, ...]) -> str:
 class CompiledStep:
     """A user step function lowered under one IR and mesh; call it like the function."""
 
-    def __init__(self, fn: UserStep, ir: PlanIR, mesh: Mesh, *, donate_state: bool, state_specs: Any = None):
+    def __init__(
+        self,
+        fn: UserStep,
+        ir: PlanIR,
+        mesh: Mesh,
+        *,
+        donate_state: bool,
+        state_specs: Any = None,
+        skip_nonfinite: bool = False,
+    ):
         dp, tp = ir.data_parallel(), ir.tensor_parallel()
         self.tp_axes: tuple[str, ...] = tp.axes if tp else ()
         self.sequence_parallel = bool(tp and tp.sequence_parallel)
@@ -116,7 +135,11 @@ class CompiledStep:
         )
         self.microbatches = pp.microbatches if pp is not None else 1
         self.precision = ir.precision()
+        self.skip_nonfinite = skip_nonfinite
         self._grad_collectives = ir.collectives("gradients")
+        self._finite_collectives = ir.collectives("nonfinite_count")
+        self.applies_update: bool | None = None
+        """Whether the step calls ``apply_gradients`` (known once traced; evaluation steps do not)."""
         self._metric_collectives = ir.collectives("metrics")
         batch_spec = P(self.dp_axes) if self.dp_axes else P()
         self.batch_sharding = NamedSharding(mesh, batch_spec)
@@ -244,15 +267,41 @@ class CompiledStep:
         if failure is not None:
             raise failure
 
-    def _context(self, state: StepState, accumulate: bool) -> StepContext:
+    def _update(self, state: StepState, grads: Any) -> StepState:
+        """Synchronise ``grads`` and apply them; under loss scaling, unscale them first and skip
+        the update (halving the scale) when any device's gradients overflowed."""
+        grads = self._sync_gradients(grads)
+        loss_scale = state.loss_scale
+        if loss_scale is None:
+            return state.apply_update(grads)
+        grads = jax.tree.map(lambda g: g / loss_scale.scale.astype(g.dtype), grads)
+        count = nonfinite_count(grads)
+        if self._finite_collectives:
+            # Split gradients differ across TP shards and pipeline stages: every device must agree.
+            with jax.named_scope(TITANAX_SCOPE):
+                count = ensure_varying(count, self._finite_collectives[0].axes)
+                count = emit_collectives(self._finite_collectives, count)
+        finite = count == 0
+        updated = state.apply_update(grads)
+        kept = _select(finite, updated, state)
+        return kept.replace(
+            step=state.step + 1,
+            loss_scale=loss_scale.adjust(finite, self.precision.loss_scale_growth_interval),
+        )
+
+    def _context(self, state: StepState, accumulate: bool, microbatch: Any = None) -> StepContext:
+        loss_scale = state.loss_scale
         return StepContext(
             state=state,
-            sync=self._sync_gradients,
+            update=self._update,
             accumulate=accumulate,
             tp_axes=self.tp_axes,
+            dp_axes=self.dp_axes,
             sequence_parallel=self.sequence_parallel,
             mesh_axes=tuple(self.mesh.axis_names),
             pipeline=self.pipeline,
+            loss_scale=loss_scale.scale if loss_scale is not None else None,
+            microbatch=microbatch,
         )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
@@ -266,31 +315,66 @@ class CompiledStep:
             # What the user returns after apply_gradients (clipped, replaced...) is kept; a step
             # that never applied gradients returns the replicated input state unchanged.
             new_state = returned if ctx.called else state
+            self.applies_update = ctx.called
         else:
             new_state, metrics = self._accumulated(state, seen, batch)
         with jax.named_scope(TITANAX_SCOPE):
             output = self.precision.output if self.precision else None
-            return new_state, emit_collectives(self._metric_collectives, _cast_floating(metrics, output))
+            metrics = emit_collectives(self._metric_collectives, _cast_floating(metrics, output))
+        if self.applies_update:
+            new_state, metrics = self._guarded(state, new_state, metrics)
+        return new_state, metrics
+
+    def _guarded(self, state: StepState, new_state: Any, metrics: Any) -> tuple[Any, Any]:
+        """Report the loss scale, and under ``nonfinite="skip"`` keep the old parameters when the loss is
+        not finite. The reduced loss is the same on every device, so no collective is needed to agree."""
+        if not isinstance(metrics, dict):
+            return new_state, metrics
+        metrics = dict(metrics)
+        if new_state.loss_scale is not None:
+            metrics["loss_scale"] = new_state.loss_scale.scale
+        if self.skip_nonfinite:
+            if "loss" not in metrics:
+                raise StepFnError.single(
+                    "TX514",
+                    f"the engine skips steps with a non-finite loss, but the step's metrics have no 'loss' "
+                    f"(they have {sorted(metrics)})",
+                    'return the loss as metrics["loss"], or build the Engine with nonfinite="raise"',
+                )
+            finite = jnp.isfinite(metrics["loss"])
+            new_state = _select(finite, new_state, state).replace(step=new_state.step, loss_scale=new_state.loss_scale)
+            metrics["skipped"] = (~finite).astype(jnp.float32)
+        return new_state, metrics
 
     def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any]:
         k = self.accumulate_steps
         micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
         traced: list[StepContext] = []
 
-        def one_microbatch(grad_sum: Any, microbatch: Any) -> tuple[Any, Any]:
-            ctx = self._context(state, accumulate=True)
+        def one_microbatch(grad_sum: Any, indexed: tuple[Any, Any]) -> tuple[Any, Any]:
+            index, microbatch = indexed
+            ctx = self._context(state, accumulate=True, microbatch=index)
             traced.append(ctx)
             with ctx.active():
-                _, metrics = self.fn(seen, microbatch)
+                returned, metrics = self.fn(seen, microbatch)
             if not ctx.called:  # an evaluation step: nothing to accumulate
                 return grad_sum, metrics
+            if returned is not ctx.returned:
+                raise StepFnError.single(
+                    "TX515",
+                    "with accumulate_steps > 1 the step must return the state apply_gradients returned: the update "
+                    "is applied once after all microbatches, so edits made to the state after it would be lost",
+                    "return state.apply_gradients(grads=grads) unchanged; transform gradients before it, or "
+                    "updates inside the optimizer (optax.chain)",
+                )
             return jax.tree.map(jnp.add, grad_sum, ctx.grads), metrics
 
         # zeros_like of a varying value is varying, as a scan carry must be here.
         zeros = jax.tree.map(lambda s, p: jnp.zeros_like(s, dtype=p.dtype), seen.params, state.params)
-        grad_sum, metrics = lax.scan(one_microbatch, zeros, micro)
+        grad_sum, metrics = lax.scan(one_microbatch, zeros, (jnp.arange(k), micro))
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+        self.applies_update = traced[-1].called
         if not traced[-1].called:
             return state, metrics
         grads = jax.tree.map(lambda g: g / k, grad_sum)
-        return state.apply_update(self._sync_gradients(grads)), metrics
+        return self._update(state, grads), metrics

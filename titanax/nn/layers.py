@@ -157,9 +157,12 @@ def _check_sequence(x: jax.Array, axis: str | tuple[str, ...]) -> None:
 
 def layer_norm(params: Params, x: jax.Array, *, eps: float = 1e-5) -> jax.Array:
     """Layer norm over the last dimension with ``scale`` and ``bias`` (replicated under TP)."""
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+    # Statistics in float32: in float16, rsqrt's derivative at small variances overflows.
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    normed = ((x32 - mean) * lax.rsqrt(var + eps)).astype(x.dtype)
+    return normed * params["scale"] + params["bias"]
 
 
 def attention(params: Params, x: jax.Array) -> jax.Array:
@@ -173,10 +176,13 @@ def attention(params: Params, x: jax.Array) -> jax.Array:
     qkv = column_dense(params["qkv"], x)  # (batch, seq, local heads, 3, head_dim)
     q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
     seq, head_dim = x.shape[1], q.shape[-1]
-    scores = jnp.einsum("bshd,bthd->bhst", q, k) / math.sqrt(head_dim)
+    # The softmax runs in float32 whatever the compute dtype: in float16 the masked scores
+    # (the dtype's minimum) overflow in its backward, and bfloat16 loses the small weights.
+    scores = jnp.einsum("bshd,bthd->bhst", q, k).astype(jnp.float32) / math.sqrt(head_dim)
     causal = jnp.tril(jnp.ones((seq, seq), dtype=bool))
-    scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
-    context = jnp.einsum("bhst,bthd->bshd", jax.nn.softmax(scores, axis=-1), v)
+    scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    context = jnp.einsum("bhst,bthd->bshd", weights, v)
     return row_dense(params["out"], context, in_dims=2)
 
 

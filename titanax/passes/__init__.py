@@ -17,6 +17,7 @@ from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_pl
 from titanax.passes.infer_mesh_shape import InferMeshShape
 from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
 from titanax.passes.insert_pp_collectives import PP_COLLECTIVES, InsertPPCollectives
+from titanax.passes.insert_precision_collectives import GRAD_FINITE, InsertPrecisionCollectives
 from titanax.passes.insert_traced_collectives import InsertTracedCollectives, TracedCollective
 from titanax.passes.pipeline import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
 from titanax.passes.resolve_shardings import ResolveShardings, glob_matches, rule_specificity
@@ -34,6 +35,7 @@ __all__ = [
     "schedule_from_ir",
     "schedule_problems",
     "DEFAULT_PASSES",
+    "GRAD_FINITE",
     "GRADIENT_SYNC",
     "METRIC_REDUCE",
     "PASS_REGISTRY",
@@ -46,6 +48,7 @@ __all__ = [
     "CheckTensorParallel",
     "InferMeshShape",
     "InsertDPCollectives",
+    "InsertPrecisionCollectives",
     "InsertTracedCollectives",
     "Pass",
     "PassContext",

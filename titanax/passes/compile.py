@@ -28,6 +28,7 @@ DEFAULT_PASSES: tuple[str, ...] = (
     "build-schedule",
     "verify-schedule",
     "insert-pp-collectives",
+    "insert-precision-collectives",
 )
 """The passes every plan goes through, in order: validation first, then rewrites."""
 

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
-from titanax.errors import Diagnostic, OptimizerError, PlanError
+from titanax.errors import OptimizerError, TrainingError
 from titanax.frontend import MeshSpec, Plan
 from titanax.ir import PlanIR, print_ir
 from titanax.lowering import (
+    LossScale,
     available_devices,
     make_jax_mesh,
     optimizer_state_specs,
@@ -22,13 +23,26 @@ from titanax.lowering import (
     param_specs,
 )
 from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings, Target, compile_plan
+from titanax.runtime.checkpoint import Checkpoint, Checkpointer
+from titanax.runtime.fit import fit as run_fit
 from titanax.runtime.loggers import Logger
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.state import TrainState
 
+if TYPE_CHECKING:
+    from titanax.runtime.step_fn import StepFn
+
 __all__ = ["Engine"]
 
 P = jax.P
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TrainingError.single(
+            "TX720", f"create_state(seed={seed!r}) must be an integer", "write engine.create_state(params, seed=0)"
+        )
+    return seed
 
 
 def _check_optimizer(optimizer: Any) -> None:
@@ -42,20 +56,6 @@ def _check_optimizer(optimizer: Any) -> None:
         f"optimizer must be an optax gradient transformation, got {type(optimizer).__name__}: {optimizer!r}",
         hint,
     )
-
-
-def _check_lowerable(ir: PlanIR) -> None:
-    # float16 needs dynamic loss scaling to train; refuse it rather than train badly.
-    policy = ir.precision()
-    if policy is not None and "float16" in (policy.params, policy.compute, policy.output):
-        raise PlanError(
-            Diagnostic(
-                code="TX230",
-                message="the precision policy uses float16, which needs dynamic loss scaling that the Engine does not apply yet",
-                hint="use bfloat16 for compute (same exponent range as float32, no loss scaling needed)",
-                location=policy.location,
-            )
-        )
 
 
 class Engine:
@@ -79,16 +79,33 @@ class Engine:
         plan: Plan,
         optimizer: optax.GradientTransformation,
         loggers: Sequence[Logger] = (),
+        checkpoint: Checkpoint | None = None,
+        nonfinite: str = "raise",
     ):
         _check_optimizer(optimizer)
+        if nonfinite not in ("raise", "skip"):
+            raise TrainingError.single(
+                "TX720",
+                f"Engine(nonfinite={nonfinite!r}) must be 'raise' or 'skip'",
+                "'raise' stops fit() at the first non-finite loss, naming the step; 'skip' drops that step's update",
+            )
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            raise TrainingError.single(
+                "TX720",
+                f"Engine(checkpoint=...) must be a tx.Checkpoint, got {type(checkpoint).__name__}",
+                "write checkpoint=tx.Checkpoint('runs/ckpt', every=500, keep=3)",
+            )
         self.mesh_spec = mesh
         self.plan = plan
         self.optimizer = optimizer
         self.loggers = tuple(loggers)
+        self.checkpoint = checkpoint
+        """Where and how often :meth:`fit` saves, or ``None``."""
+        self.nonfinite = nonfinite
+        """``"raise"``: :meth:`fit` stops at a non-finite loss; ``"skip"``: the step keeps the old parameters."""
         self._target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
         self.plan_ir: PlanIR = compile_plan(mesh, plan, target=self._target)
         """The plan IR after every default pass, before any parameters are known."""
-        _check_lowerable(self.plan_ir)
         self.ir: PlanIR = self.plan_ir
         """The plan IR; after :meth:`create_state` it also lists every parameter's layout."""
         self.state_specs: Any = None
@@ -98,7 +115,15 @@ class Engine:
         self.mesh: jax.sharding.Mesh = make_jax_mesh(self.ir, mesh)
         """The JAX mesh the steps run on."""
         self.host_step = 0
-        """Steps run through this engine, counted on the host (used to decide when to log)."""
+        """Training steps run through this engine, counted on the host (used to decide when to log);
+        evaluation steps, which apply no gradients, are not counted. Restoring sets it."""
+        self.data_position = 0
+        """How many batches the training data has delivered (saved in checkpoints, restored by fit)."""
+        self._checkpointer: Checkpointer | None = None
+        self.last_state: TrainState | None = None
+        """The state :meth:`create_state` last returned; :meth:`fit` trains it when given no ``state``."""
+        self.eval_history: list[tuple[int, dict[str, float]]] = []
+        """``(step, metrics)`` of every evaluation :meth:`fit` ran."""
 
     @property
     def device_count(self) -> int:
@@ -109,7 +134,7 @@ class Engine:
         """The compiled plan IR as text."""
         return print_ir(self.ir)
 
-    def create_state(self, params: Any, *, stacked: str | tuple[str, ...] = ()) -> TrainState:
+    def create_state(self, params: Any, *, seed: int = 0, stacked: str | tuple[str, ...] = ()) -> TrainState:
         """Lay ``params`` out on the mesh as the plan says and initialise the optimizer state.
 
         Shard rules are resolved against the parameter tree here (errors name the
@@ -121,6 +146,8 @@ class Engine:
         ``stacked`` names entries whose leaves stack identical layers on dimension 0
         (``"blocks"`` for a ``tx.PipelineModel``): shard rules then apply to each layer's
         shape. A pipeline plan's blocks entry is always treated so.
+
+        ``seed`` makes the state's RNG key (see :meth:`TrainState.rng_key`).
         """
         # A real copy, with an explicit dtype: device_put(may_alias=False) still reuses an
         # uncommitted array's buffer for a multi-device sharding (seen with jax 0.10.2), and
@@ -139,11 +166,113 @@ class Engine:
             self.optimizer.init, mesh=self.mesh, in_specs=(specs,), out_specs=opt_specs, check_vma=True
         )
         opt_state = jax.jit(init)(params)
-        step = jax.device_put(jnp.zeros((), jnp.int32), NamedSharding(self.mesh, P()))
+        replicated = NamedSharding(self.mesh, P())
+        step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
+        rng = jax.device_put(jax.random.key_data(jax.random.key(_check_seed(seed))), replicated)
+        policy = self.plan_ir.precision()
+        loss_scale = None
+        if policy is not None and policy.loss_scaling == "dynamic":
+            loss_scale = jax.device_put(LossScale.initial(policy.loss_scale_init), replicated)
         self.host_step = 0
-        self.state_specs = TrainState(step=P(), params=specs, opt_state=opt_specs, engine=self)
+        self.data_position = 0
+        self.state_specs = TrainState(
+            step=P(),
+            params=specs,
+            opt_state=opt_specs,
+            rng=P(),
+            loss_scale=None if loss_scale is None else LossScale(scale=P(), good_steps=P()),
+            engine=self,
+        )
         self.layout_version += 1
-        return TrainState(step=step, params=params, opt_state=opt_state, engine=self)
+        state = TrainState(step=step, params=params, opt_state=opt_state, rng=rng, loss_scale=loss_scale, engine=self)
+        self.last_state = state
+        return state
+
+    # -- checkpoints -------------------------------------------------------
+    @property
+    def checkpointer(self) -> Checkpointer:
+        """The orbax checkpoint manager for ``checkpoint`` (built on first use)."""
+        if self.checkpoint is None:
+            raise TrainingError.single(
+                "TX720",
+                "this Engine has no checkpoint directory",
+                "build it with tx.Engine(..., checkpoint=tx.Checkpoint('runs/ckpt', every=500))",
+            )
+        if self._checkpointer is None:
+            self._checkpointer = Checkpointer(self.checkpoint)
+        return self._checkpointer
+
+    def save(self, state: TrainState) -> None:
+        """Save ``state`` as a checkpoint of the current host step (asynchronously unless configured not to).
+
+        Every process must call it; orbax writes each array's shards from the process that holds them.
+        """
+        self.checkpointer.save(
+            state,
+            host_step=self.host_step,
+            data_position=self.data_position,
+            mesh=self.mesh,
+            plan_ir=self.describe(),
+        )
+
+    def restore(self, state: TrainState, step: int | None = None) -> TrainState:
+        """Read checkpoint ``step`` (default: the latest complete one) into ``state``'s layout.
+
+        ``state`` comes from this engine's :meth:`create_state` and says where each
+        array goes: the checkpoint may have been saved under another mesh, plan or
+        process count. Sets :attr:`host_step` and :attr:`data_position` from it.
+        A checkpoint of another model, a foreign directory or damaged files raise
+        :class:`~titanax.CheckpointError` and leave ``state`` untouched.
+        """
+        tree, meta = self.checkpointer.restore(state, step)
+        self.host_step = int(meta["host_step"])
+        self.data_position = int(meta["data_position"])
+        loss_scale = None
+        if "loss_scale" in tree:
+            loss_scale = LossScale(scale=tree["loss_scale"]["scale"], good_steps=tree["loss_scale"]["good_steps"])
+        return state.replace(
+            step=tree["step"],
+            params=tree["params"],
+            opt_state=tree["opt_state"],
+            rng=tree["rng"],
+            loss_scale=loss_scale,
+        )
+
+    # -- the training loop --------------------------------------------------
+    def fit(
+        self,
+        step_fn: StepFn,
+        data: Any,
+        *,
+        steps: int,
+        state: TrainState | None = None,
+        eval_fn: Callable[[TrainState], Mapping[str, Any]] | None = None,
+        eval_every: int | None = None,
+        log_every: int | None = None,
+        progress: bool = True,
+        resume: bool = False,
+        tokens_per_sample: int | None = None,
+    ) -> TrainState:
+        """Train until the host step reaches ``steps``; return the final state.
+
+        See :func:`titanax.runtime.fit.fit` for every argument. Example::
+
+            state = engine.fit(train_step, tx.data.ArrayLoader(arrays, 128), steps=1000,
+                               eval_fn=evaluate, eval_every=250, log_every=50)
+        """
+        return run_fit(
+            self,
+            step_fn,
+            data,
+            steps=steps,
+            state=state if state is not None else self.last_state,
+            eval_fn=eval_fn,
+            eval_every=eval_every,
+            log_every=log_every,
+            progress=progress,
+            resume=resume,
+            tokens_per_sample=tokens_per_sample,
+        )
 
     def _master_dtype(self, dtype: Any) -> Any:
         """The dtype a parameter is stored in: the policy's ``params`` for floating ones."""
@@ -152,17 +281,25 @@ class Engine:
             return dtype
         return jnp.dtype(policy.params)
 
-    def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Send scalar ``metrics`` to every logger due at ``step`` (default: the host step)."""
+    def log(self, metrics: Mapping[str, Any], step: int | None = None, *, force: bool = False) -> None:
+        """Send scalar ``metrics`` to every logger due at ``step`` (default: the host step).
+
+        A logger is due when ``step`` is a multiple of its ``every``, or always with ``force``
+        (``fit`` forces its own log intervals and evaluations). Values cross to the host only
+        when some logger is due.
+        """
         step = self.host_step if step is None else step
-        due = [logger for logger in self.loggers if step % logger.every == 0]
-        if not due:
+        due = [logger for logger in self.loggers if force or step % logger.every == 0]
+        if not due or not isinstance(metrics, Mapping):
             return
         scalars = {name: float(value) for name, value in metrics.items() if jnp.ndim(value) == 0}
         for logger in due:
             logger.log(step, scalars)
 
     def close(self) -> None:
-        """Close every logger."""
+        """Wait for pending checkpoint saves, then close every logger."""
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+            self._checkpointer = None
         for logger in self.loggers:
             logger.close()

@@ -1,12 +1,25 @@
-"""Loggers: where step metrics go. The Engine calls each one after a step."""
+"""Loggers: where step metrics go. The Engine calls each one after a step.
+
+``Basic`` prints lines, ``CSV`` and ``JSONL`` write files, ``TensorBoard`` writes event files through tensorboardX.
+In a multi-host run every process runs the same loop, so each logger writes on JAX process 0 only; on the other
+processes it creates nothing on disk and its ``log`` and ``close`` do nothing.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import math
+import os
 import sys
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol, TextIO
 
-__all__ = ["Basic", "Logger"]
+import jax
+
+__all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard"]
 
 
 class Logger(Protocol):
@@ -24,6 +37,24 @@ class Logger(Protocol):
         ...
 
 
+def _check_every(owner: str, every: int) -> int:
+    # bool is an int subclass; every=True is a mistake, not "every step".
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"{owner}(every={every!r}) must be a positive integer")
+    return every
+
+
+def _on_process_zero() -> bool:
+    return jax.process_index() == 0
+
+
+def _check_reserved(owner: str, metrics: Mapping[str, float], reserved: tuple[str, ...]) -> None:
+    # A metric with a reserved name would silently overwrite the step (or time) column.
+    clashes = sorted(name for name in metrics if name in reserved)
+    if clashes:
+        raise ValueError(f"{owner}.log: metric names {clashes} are reserved; rename them (e.g. 'train/{clashes[0]}')")
+
+
 class Basic:
     """Print metrics as one line per logged step, e.g. ``[titanax] step 10 | loss=0.123456``.
 
@@ -31,14 +62,15 @@ class Basic:
     """
 
     def __init__(self, every: int = 1, stream: TextIO | None = None, precision: int = 6):
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"Basic(every={every!r}) must be a positive integer")
-        self.every = every
+        self.every = _check_every("Basic", every)
         self.precision = precision
         self._stream = stream
+        self._active = _on_process_zero()
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Write one line for ``step``."""
+        if not self._active:
+            return
         values = " ".join(f"{name}={value:.{self.precision}g}" for name, value in sorted(metrics.items()))
         stream = self._stream or sys.stderr
         stream.write(f"[titanax] step {step} | {values}\n")
@@ -46,4 +78,160 @@ class Basic:
 
     def close(self) -> None:
         """Flush the stream."""
-        (self._stream or sys.stderr).flush()
+        if self._active:
+            (self._stream or sys.stderr).flush()
+
+
+class CSV:
+    """Write one CSV row per logged step: a ``step`` column, then one column per metric name, sorted.
+
+    A metric name that first appears at a later step (eval metrics, say) widens the header: the file is rewritten
+    with the new column, earlier rows keep their values and get empty cells for it. With ``append=True`` an existing
+    file's header and rows are kept and new rows go after them, for resumed runs; otherwise the file is overwritten.
+
+    Example: ``tx.loggers.CSV("runs/exp1/metrics.csv", every=10)``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], every: int = 1, append: bool = False):
+        self.every = _check_every("CSV", every)
+        self.path = Path(path)
+        self._active = _on_process_zero()
+        self._fieldnames: list[str] = []
+        self._file: TextIO | None = None
+        self._writer: csv.DictWriter | None = None
+        if not self._active:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if append and self.path.exists():
+            with self.path.open(newline="") as file:
+                header = next(csv.reader(file), [])
+            if header and header[0] != "step":
+                raise ValueError(f"CSV(append=True): {self.path} starts with column {header[0]!r}, not 'step'")
+            self._open("a", header)
+        else:
+            self._open("w", [])
+
+    def _open(self, mode: str, fieldnames: list[str]) -> None:
+        self._fieldnames = fieldnames
+        # newline="" because the csv module writes its own line endings.
+        self._file = self.path.open(mode, newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames, restval="")
+
+    def _widen(self, file: TextIO, names: set[str]) -> None:
+        file.close()
+        with self.path.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+        fieldnames = ["step", *sorted(set(self._fieldnames[1:]) | names)]
+        # Write beside the file and swap it in, so a crash mid-rewrite leaves the old file whole.
+        scratch = self.path.with_name(self.path.name + ".tmp")
+        with scratch.open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(scratch, self.path)
+        self._open("a", fieldnames)
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append the row for ``step``, widening the header first if ``metrics`` has new names."""
+        if not self._active:
+            return
+        if self._file is None:
+            raise ValueError(f"CSV.log(step={step}) after close() of {self.path}")
+        _check_reserved("CSV", metrics, ("step",))
+        new = set(metrics) - set(self._fieldnames)
+        if new or not self._fieldnames:
+            self._widen(self._file, new)
+        assert self._writer is not None and self._file is not None  # _open just set them
+        self._writer.writerow({"step": step, **{name: float(value) for name, value in metrics.items()}})
+        # Flush every row: a run that crashes keeps every step it logged.
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            self._writer = None
+
+
+def _json_value(value: float) -> float | str:
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    # JSON has no NaN or infinity; Python's json would write the invalid tokens NaN/Infinity.
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+class JSONL:
+    """Write one JSON object per logged step and line: ``{"step": N, "time": <unix seconds>, "loss": 0.12, ...}``.
+
+    Non-finite values are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"`` so that every line is valid
+    JSON; ``float()`` reads them back. With ``append=True`` new lines go after an existing file's, else it is
+    overwritten.
+
+    Example: ``tx.loggers.JSONL("runs/exp1/metrics.jsonl", every=10)``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], every: int = 1, append: bool = False):
+        self.every = _check_every("JSONL", every)
+        self.path = Path(path)
+        self._active = _on_process_zero()
+        self._file: TextIO | None = None
+        if not self._active:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a" if append else "w", encoding="utf-8")
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append the line for ``step``."""
+        if not self._active:
+            return
+        if self._file is None:
+            raise ValueError(f"JSONL.log(step={step}) after close() of {self.path}")
+        _check_reserved("JSONL", metrics, ("step", "time"))
+        record = {"step": step, "time": time.time(), **{name: _json_value(metrics[name]) for name in sorted(metrics)}}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
+        # Flush every line: a run that crashes keeps every step it logged.
+        self._file.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class TensorBoard:
+    """Write each metric as a TensorBoard scalar (tag = metric name) through ``tensorboardX.SummaryWriter``.
+
+    Needs ``pip install tensorboardX``; TensorBoard itself is only needed to view the event files.
+
+    Example: ``tx.loggers.TensorBoard("runs/exp1", every=10)``, then ``tensorboard --logdir runs``.
+    """
+
+    def __init__(self, logdir: str | os.PathLike[str], every: int = 1):
+        self.every = _check_every("TensorBoard", every)
+        self.logdir = Path(logdir)
+        # Imported here so that `import titanax` works, and stays fast, without tensorboardX.
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as error:
+            raise ImportError("tx.loggers.TensorBoard needs tensorboardX: pip install tensorboardX") from error
+        self._active = _on_process_zero()
+        self._writer = SummaryWriter(str(self.logdir)) if self._active else None
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Add one scalar per metric at ``step`` and flush them to the event file."""
+        if not self._active:
+            return
+        if self._writer is None:
+            raise ValueError(f"TensorBoard.log(step={step}) after close() of {self.logdir}")
+        for name in sorted(metrics):
+            self._writer.add_scalar(name, float(metrics[name]), global_step=step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Close the event file."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

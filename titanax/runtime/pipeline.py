@@ -33,11 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jax
-
 from titanax.errors import StepFnError
 from titanax.lowering import active_step_context
 from titanax.lowering.pipeline import sequential_loss
+from titanax.runtime.grad import value_and_grad as scaled_value_and_grad
 
 __all__ = ["PipelineModel", "value_and_grad"]
 
@@ -60,6 +59,7 @@ def value_and_grad(model: PipelineModel, params: dict[str, Any], batch: Any) -> 
     """The mean loss of ``batch`` and its gradients, pipelined as the plan says.
 
     The gradients have the structure of ``params``; pass them to ``state.apply_gradients``.
+    Under a float16 policy the loss is scaled before the backward, as :func:`tx.value_and_grad` does.
     """
     if not isinstance(params, dict) or model.blocks not in params:
         keys = list(params) if isinstance(params, dict) else type(params).__name__
@@ -71,7 +71,7 @@ def value_and_grad(model: PipelineModel, params: dict[str, Any], batch: Any) -> 
     ctx = active_step_context()
     program = ctx.pipeline if ctx is not None else None
     if program is None:
-        return jax.value_and_grad(
+        return scaled_value_and_grad(
             lambda p: sequential_loss(model.first, model.block, model.last, model.blocks, p, batch)
         )(params)
     if program.blocks != model.blocks:
@@ -80,4 +80,6 @@ def value_and_grad(model: PipelineModel, params: dict[str, Any], batch: Any) -> 
             f"the plan pipelines the blocks under '{program.blocks}' but the model stacks them under '{model.blocks}'",
             f"set blocks = {model.blocks} in the plan's pipeline, or PipelineModel(blocks='{program.blocks}')",
         )
-    return program.value_and_grad(model.first, model.block, model.last, params, batch)
+    result = program.value_and_grad(model.first, model.block, model.last, params, batch, loss_scale=ctx.loss_scale)
+    ctx.loss_scaled = True
+    return result

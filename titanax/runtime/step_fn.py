@@ -55,18 +55,30 @@ class StepFn:
         version, compiled = self._compiled.get(engine, (None, None))
         if version != engine.layout_version or compiled is None:
             compiled = CompiledStep(
-                self.fn, engine.ir, engine.mesh, donate_state=self.donate_state, state_specs=engine.state_specs
+                self.fn,
+                engine.ir,
+                engine.mesh,
+                donate_state=self.donate_state,
+                state_specs=engine.state_specs,
+                skip_nonfinite=engine.nonfinite == "skip",
             )
             self._compiled[engine] = (engine.layout_version, compiled)
         return compiled
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, Any]:
-        """Run one step and send its metrics to the engine's loggers."""
-        new_state, metrics = self.compiled(state)(state, batch)
-        engine = state.engine
-        engine.host_step += 1
-        if engine.loggers:
-            engine.log(metrics)
+        """Run one step and send its metrics to the engine's loggers that are due."""
+        new_state, metrics = self.run(state, batch)
+        if state.engine.loggers:
+            state.engine.log(metrics)
+        return new_state, metrics
+
+    def run(self, state: TrainState, batch: Any) -> tuple[TrainState, Any]:
+        """Run one step without logging; a training step (one that applies gradients) advances
+        ``engine.host_step``, an evaluation step does not."""
+        compiled = self.compiled(state)
+        new_state, metrics = compiled(state, batch)
+        if compiled.applies_update:
+            state.engine.host_step += 1
         return new_state, metrics
 
     def lower(self, state: TrainState, batch: Any) -> Any:

@@ -49,6 +49,8 @@ _EXAMPLES = {
     "sequence_parallel": "true",
     "blocks": "blocks",
     "balance_tolerance": "1.25",
+    "loss_scale_init": "32768",
+    "loss_scale_growth_interval": "2000",
 }
 """An example value per setting, for hints (dtype settings use ``bfloat16``)."""
 
@@ -352,8 +354,18 @@ class _Builder:
         )
 
     def precision(self, stmt: ast.PrecisionStmt) -> Precision | None:
-        found, _, _ = self.settings(stmt.block, {"params": "name", "compute": "name", "output": "name"}, "precision")
-        kwargs = {key: setting.value.name for key, setting in found.items()}
+        allowed = {
+            "params": "name",
+            "compute": "name",
+            "output": "name",
+            "loss_scale_init": "number",
+            "loss_scale_growth_interval": "int",
+        }
+        found, _, _ = self.settings(stmt.block, allowed, "precision")
+        kwargs = {
+            key: setting.value.value if key.startswith("loss_scale") else setting.value.name
+            for key, setting in found.items()
+        }
         return self.construct(lambda: Precision(location=self.loc(stmt.span), **kwargs), self.loc(stmt.span))
 
     # -- the file -----------------------------------------------------------

@@ -1,0 +1,50 @@
+"""``insert-precision-collectives``: declare the all-reduce dynamic loss scaling needs.
+
+Under float16 the step skips an update whose gradients overflowed, and every
+device must take the same decision. After the DP gradient sync the gradients
+are equal across data-parallel replicas, but tensor-parallel shards and pipeline
+stages hold different pieces of them. So the lowering counts the non-finite
+gradient values on each device and sums that count over the tensor and pipeline
+axes: one 4-byte all-reduce, ``grad_finite``. A pure DP plan needs none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from titanax.ir import CollectiveNode, PlanIR
+from titanax.ir.build import add_required_collective
+from titanax.passes.base import Pass, PassContext, register_pass
+
+__all__ = ["GRAD_FINITE", "InsertPrecisionCollectives"]
+
+GRAD_FINITE = "grad_finite"
+
+
+@register_pass
+@dataclass(frozen=True, kw_only=True)
+class InsertPrecisionCollectives(Pass):
+    """Add the non-finite-gradient count all-reduce of dynamic loss scaling, where gradients are split."""
+
+    name = "insert-precision-collectives"
+    requires = ("check-precision", "infer-mesh-shape")
+
+    def run(self, ir: PlanIR, ctx: PassContext) -> None:
+        """Add ``collective.grad_finite`` when the policy scales the loss and gradients differ across devices."""
+        policy = ir.precision()
+        if policy is None or policy.loss_scaling != "dynamic":
+            return
+        tp, pp = ir.tensor_parallel(), ir.pipeline_parallel()
+        axes = (tp.axes if tp else ()) + (pp.axes if pp else ())
+        if not axes:
+            return
+        node = CollectiveNode(
+            name=GRAD_FINITE,
+            op="all-reduce",
+            reduction="sum",
+            axes=axes,
+            operand="nonfinite_count",
+            origin="lowering",
+            group_size=ir.group_size(axes),
+        )
+        add_required_collective(ir, "precision", node)

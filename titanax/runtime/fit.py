@@ -1,0 +1,247 @@
+"""``Engine.fit``: the training loop around a compiled step.
+
+Each iteration takes the next batch, runs the step and counts it. Metrics
+stay on the devices between log intervals: at each interval they cross to the
+host once, together with the losses of every step since the last one, which
+are checked for NaN and Inf then. A non-finite loss stops training with an
+error naming the first bad step, unless the engine was built with
+``nonfinite="skip"`` (the step itself then keeps the old parameters). Step time
+and throughput are measured over the interval, after ``block_until_ready``.
+
+Checkpoints are saved every ``Checkpoint.every`` steps and after the last one;
+``resume=True`` restores the newest complete checkpoint first and goes on from
+its step and data position.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from titanax.errors import Diagnostic, NonFiniteError, TrainingError
+from titanax.runtime.data import PerProcess
+from titanax.runtime.state import TrainState
+
+if TYPE_CHECKING:
+    from titanax.runtime.engine import Engine
+    from titanax.runtime.step_fn import StepFn
+
+__all__ = ["fit"]
+
+
+def _positive(name: str, value: Any, *, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TrainingError.single("TX720", f"fit({name}={value!r}) must be a positive integer", f"e.g. {name}=100")
+
+
+def _batch_source(engine: Engine, data: Any) -> Callable[[int], Any]:
+    """``position -> batch`` for a loader with ``.batch(n)``, a function, or an iterable."""
+    if callable(getattr(data, "batch", None)):
+        return data.batch
+    if callable(data):
+        return data
+    if not hasattr(data, "__iter__"):
+        raise TrainingError.single(
+            "TX721",
+            f"fit(data=...) must give batches; got {type(data).__name__}",
+            "pass tx.data.ArrayLoader(arrays, batch_size), a function position -> batch, or an iterable of batches",
+        )
+    iterator: Iterator[Any] = iter(data)
+    taken = 0
+
+    def next_batch(position: int) -> Any:
+        nonlocal taken
+        # An iterable cannot seek: on resume, skip the batches the restored run already consumed.
+        while taken <= position:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                raise TrainingError.single(
+                    "TX721",
+                    f"the data ran out after {taken} batches, before step {engine.host_step + 1}",
+                    "give more data (repeat it for several epochs) or fewer steps",
+                ) from None
+            taken += 1
+        return batch
+
+    return next_batch
+
+
+def _examples(batch: Any) -> int:
+    """Examples in the global batch (a process's share times the process count)."""
+    if isinstance(batch, PerProcess):
+        return _examples(batch.batch) * jax.process_count()
+    leaves = jax.tree.leaves(batch)
+    return int(np.shape(leaves[0])[0]) if leaves and np.ndim(leaves[0]) else 1
+
+
+class _LossWatch:
+    """Holds the step losses still on the devices and checks them in one transfer."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.pending: list[tuple[int, jax.Array]] = []
+        self.skipped = 0
+
+    def add(self, step: int, metrics: Any) -> None:
+        if isinstance(metrics, Mapping) and "loss" in metrics:
+            self.pending.append((step, metrics["loss"]))
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        steps = [step for step, _ in self.pending]
+        values = np.asarray(jax.device_get([loss for _, loss in self.pending]), dtype=np.float64)
+        self.pending.clear()
+        bad = [(step, value) for step, value in zip(steps, values, strict=True) if not math.isfinite(value)]
+        if not bad:
+            return
+        if self.engine.nonfinite == "skip":
+            self.skipped += len(bad)
+            return
+        step, value = bad[0]
+        last = None
+        if self.engine.checkpoint is not None:
+            last = self.engine.checkpointer.latest_step()
+        raise NonFiniteError(
+            Diagnostic(
+                code="TX710",
+                message=f"the loss is {value} at step {step}"
+                + (f" ({len(bad)} non-finite losses in steps {bad[0][0]}..{bad[-1][0]})" if len(bad) > 1 else ""),
+                hint="lower the learning rate or clip gradients, check the batch at that step, or build the Engine "
+                "with nonfinite='skip' to drop such updates"
+                + (f"; the last checkpoint is step {last}" if last is not None else ""),
+            )
+        )
+
+
+def _host_scalars(metrics: Any) -> dict[str, float]:
+    if not isinstance(metrics, Mapping):
+        return {}
+    fetched = jax.device_get({name: value for name, value in metrics.items() if np.ndim(value) == 0})
+    return {name: float(value) for name, value in fetched.items()}
+
+
+def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not enabled or jax.process_index() != 0,
+    )
+
+
+def fit(
+    engine: Engine,
+    step_fn: StepFn,
+    data: Any,
+    *,
+    steps: int,
+    state: TrainState | None,
+    eval_fn: Callable[[TrainState], Mapping[str, Any]] | None = None,
+    eval_every: int | None = None,
+    log_every: int | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    tokens_per_sample: int | None = None,
+) -> TrainState:
+    """Train ``state`` with ``step_fn`` on ``data`` until ``engine.host_step == steps``.
+
+    - ``data``: a ``tx.data.ArrayLoader`` (or anything with ``.batch(position)``), a
+      function ``position -> batch``, or an iterable of batches. Loaders and
+      functions resume exactly; an iterable is advanced past the batches a
+      restored run already used.
+    - ``steps``: the total number of training steps, counting those before a resume.
+    - ``eval_fn(state) -> metrics``: run every ``eval_every`` steps and after the last;
+      its metrics are logged with an ``eval_`` prefix and kept in ``engine.eval_history``.
+    - ``log_every``: how often metrics, step time (``step_time_s``), ``samples_per_s``
+      and, with ``tokens_per_sample``, ``tokens_per_s`` reach the loggers (default:
+      the smallest ``every`` of the engine's loggers, else 100).
+    - ``progress``: show a progress bar (process 0 only).
+    - ``resume``: restore the newest complete checkpoint first, if there is one.
+    """
+    from titanax.runtime.step_fn import StepFn
+
+    if not isinstance(step_fn, StepFn):
+        raise TrainingError.single(
+            "TX720",
+            f"fit() trains a @tx.step_fn, got {type(step_fn).__name__}",
+            "decorate the training step with @tx.step_fn",
+        )
+    if not isinstance(state, TrainState) or state.engine is not engine:
+        raise TrainingError.single(
+            "TX720",
+            "fit() needs a state made by this engine's create_state",
+            "call state = engine.create_state(params) first, then engine.fit(step, data, steps=..., state=state)",
+        )
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise TrainingError.single("TX720", f"fit(steps={steps!r}) must be a non-negative integer", "e.g. steps=1000")
+    _positive("eval_every", eval_every, optional=True)
+    _positive("log_every", log_every, optional=True)
+    _positive("tokens_per_sample", tokens_per_sample, optional=True)
+    if eval_every is not None and eval_fn is None:
+        raise TrainingError.single("TX720", "fit(eval_every=...) was given without an eval_fn", "pass eval_fn=...")
+    if resume and engine.checkpoint is None:
+        raise TrainingError.single(
+            "TX720",
+            "fit(resume=True) needs a checkpoint directory to resume from",
+            "build the Engine with checkpoint=tx.Checkpoint('runs/ckpt', every=500)",
+        )
+    if log_every is None:
+        log_every = min((logger.every for logger in engine.loggers), default=100)
+    if resume and engine.checkpointer.latest_step() is not None:
+        state = engine.restore(state)
+
+    next_batch = _batch_source(engine, data)
+    watch = _LossWatch(engine)
+    bar = _progress_bar(progress, steps, min(engine.host_step, steps))
+    window_start, window_steps, window_examples = time.perf_counter(), 0, 0
+    try:
+        while engine.host_step < steps:
+            batch = next_batch(engine.data_position)
+            engine.data_position += 1
+            state, metrics = step_fn.run(state, batch)
+            step = engine.host_step
+            window_steps += 1
+            window_examples += _examples(batch)
+            watch.add(step, metrics)
+            bar.update(1)
+            last = step >= steps
+            if step % log_every == 0 or last:
+                jax.block_until_ready(metrics)
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                watch.check()
+                scalars = _host_scalars(metrics)
+                scalars["step_time_s"] = elapsed / window_steps
+                scalars["samples_per_s"] = window_examples / elapsed
+                if tokens_per_sample:
+                    scalars["tokens_per_s"] = window_examples * tokens_per_sample / elapsed
+                engine.log(scalars, step, force=True)
+                if "loss" in scalars:
+                    bar.set_postfix(loss=f"{scalars['loss']:.4g}", refresh=False)
+            if eval_fn is not None and ((eval_every and step % eval_every == 0) or last):
+                watch.check()
+                results = {f"eval_{name}": value for name, value in _host_scalars(eval_fn(state)).items()}
+                engine.eval_history.append((step, results))
+                engine.log(results, step, force=True)
+            if engine.checkpoint is not None and (step % engine.checkpoint.every == 0 or last):
+                watch.check()  # never save a state that a non-finite loss has already spoiled
+                engine.save(state)
+            if step % log_every == 0 or last:
+                window_start, window_steps, window_examples = time.perf_counter(), 0, 0
+        watch.check()
+    finally:
+        bar.close()
+        if engine.checkpoint is not None and engine._checkpointer is not None:
+            engine._checkpointer.wait()
+    return state
