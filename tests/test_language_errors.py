@@ -175,10 +175,3 @@ def test_oversized_file_is_refused(monkeypatch):
     monkeypatch.setattr(source, "MAX_SOURCE_BYTES", 10)
     with pytest.raises(tx.ParseError, match="TX604"):
         source.SourceFile.from_bytes("plan.tx", b"mesh { data = 8 }")
-
-
-def test_engine_refuses_a_plan_it_cannot_run_yet():
-    loaded = tx.load_plan(text="mesh { data = 8 }\nprecision { compute = float16 }", name="plan.tx")
-    with pytest.raises(tx.PlanError, match=r"TX230.*float16") as info:
-        tx.Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=tx.optim.sgd(0.1))
-    assert str(info.value.diagnostics[0].location) == "plan.tx:2:1"

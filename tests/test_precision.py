@@ -140,7 +140,13 @@ def test_an_overflowing_step_keeps_the_parameters_and_halves_the_scale(tensor_pa
         unchanged = np.array_equal(before, np.asarray(state.params["w"]))
         history.append((float(metrics["loss_scale"]), unchanged, int(state.step)))
     # Two finite steps double the scale; the overflow (loss x scale > 65504) skips the update and halves it.
-    assert history == [(1024.0, False, 1), (2048.0, False, 2), (2048.0, False, 3), (1024.0, True, 4), (1024.0, False, 5)]
+    assert history == [
+        (1024.0, False, 1),
+        (2048.0, False, 2),
+        (2048.0, False, 3),
+        (1024.0, True, 4),
+        (1024.0, False, 5),
+    ]
     assert int(state.loss_scale.good_steps) == 1
 
 

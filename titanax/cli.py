@@ -255,6 +255,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from titanax.launch import launch
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    result = launch(command, processes=args.processes, devices_per_process=args.devices_per_process, port=args.port)
+    return result.status
+
+
 # -- argument parsing ------------------------------------------------------------
 def _subcommand(sub, name: str, summary: str, description: str, example: str) -> argparse.ArgumentParser:
     return sub.add_parser(
@@ -278,7 +286,7 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="titanax",
-        description="Explicit-parallel training for JAX: check, format and compile parallel plans.",
+        description="Explicit-parallel training for JAX: check, format and compile parallel plans; launch runs.",
         epilog="run `titanax COMMAND --help` for each command's options and an example",
     )
     parser.add_argument("--version", action="version", version=f"titanax {__version__}")
@@ -353,6 +361,23 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--accumulate-steps", type=int, default=1, help="microbatches per device per step")
     _add_pipeline_flags(plan)
     plan.set_defaults(run=_cmd_plan)
+
+    launch = _subcommand(
+        sub,
+        "launch",
+        "run a training script as several cooperating local processes",
+        "Start N copies of the command with a jax.distributed coordinator on a free loopback port; "
+        "tx.distributed.initialize() in the script joins them. Output lines are prefixed with the rank; if any "
+        "process fails, the others are stopped and the launcher exits with its status.",
+        "titanax launch --processes 2 --devices-per-process 4 -- python examples/mnist_dp/train.py --steps 200",
+    )
+    launch.add_argument("--processes", type=int, required=True, help="how many processes to start")
+    launch.add_argument(
+        "--devices-per-process", type=int, help="simulated CPU devices per process (sets XLA_FLAGS; CPU only)"
+    )
+    launch.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
+    launch.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run, e.g. python train.py")
+    launch.set_defaults(run=_cmd_launch)
     return parser
 
 

@@ -10,6 +10,7 @@ from titanax.lowering.context import StepContext, StepState, active_step_context
 from titanax.lowering.hlo import HloCollective, collectives_in_hlo, shape_bytes
 from titanax.lowering.loss_scale import LossScale, nonfinite_count
 from titanax.lowering.mesh import available_devices, make_jax_mesh
+from titanax.lowering.placement import PerProcess, global_shapes, place_global, place_global_batch
 from titanax.lowering.sharding import optimizer_state_specs, param_paths_and_shapes, param_specs, path_text
 from titanax.lowering.step import CompiledStep, replicated_spec
 from titanax.lowering.trace import TITANAX_SCOPE, traced_collectives
@@ -19,6 +20,7 @@ __all__ = [
     "CompiledStep",
     "HloCollective",
     "LossScale",
+    "PerProcess",
     "StepContext",
     "StepState",
     "active_step_context",
@@ -29,6 +31,9 @@ __all__ = [
     "ensure_varying",
     "make_jax_mesh",
     "make_varying",
+    "place_global",
+    "place_global_batch",
+    "global_shapes",
     "nonfinite_count",
     "optimizer_state_specs",
     "param_paths_and_shapes",

@@ -39,6 +39,7 @@ from titanax.lowering.collectives import emit_collectives, ensure_varying, make_
 from titanax.lowering.context import StepContext, StepState
 from titanax.lowering.loss_scale import nonfinite_count
 from titanax.lowering.pipeline import PipelineProgram
+from titanax.lowering.placement import global_shapes, place_global_batch
 from titanax.lowering.trace import TITANAX_SCOPE
 from titanax.passes import schedule_from_ir
 
@@ -152,6 +153,8 @@ class CompiledStep:
             out_specs=(self.state_specs, P()),
             check_vma=True,
         )
+        self._program = program
+        self.donate_state = donate_state
         self._jitted = jax.jit(program, donate_argnums=(0,) if donate_state else ())
         self._checked_batches: set[Any] = set()
 
@@ -159,7 +162,14 @@ class CompiledStep:
     def __call__(self, state: Any, batch: Any) -> tuple[Any, Any]:
         """Run one step: ``(state, batch) -> (new_state, metrics)``."""
         with _explained_varying_outputs():
-            return self._jitted(state, self.place_batch(batch))
+            placed = self.place_batch(batch)
+            if self.applies_update is None and self.donate_state:
+                # Trace once before the first run: a step that applies no gradients (evaluation)
+                # must not donate the state, which its caller keeps using.
+                jax.eval_shape(self._program, state, placed)
+                if not self.applies_update:
+                    self._jitted = jax.jit(self._program)
+            return self._jitted(state, placed)
 
     def lower(self, state: Any, batch: Any) -> jax.stages.Lowered:
         """Return JAX's ``Lowered`` for this step, for HLO, cost and memory analysis."""
@@ -182,20 +192,23 @@ class CompiledStep:
         """Check the batch splits as the plan requires, then shard it over the DP axes.
 
         Under an explicit mesh ``jit`` does not move uncommitted inputs to match
-        ``in_specs``, so the step places the batch itself.
+        ``in_specs``, so the step places the batch itself. With several processes
+        a :class:`~titanax.lowering.placement.PerProcess` batch is assembled from
+        every process's rows; other host arrays are taken as the whole global batch.
         """
-        leaves, treedef = jax.tree.flatten(batch)
-        signature = (treedef, tuple(jnp.shape(x) for x in leaves))
+        shapes = global_shapes(batch)
+        leaves, treedef = jax.tree.flatten(shapes)
+        signature = (treedef, tuple(x.shape for x in leaves))
         if signature not in self._checked_batches:
-            self._check_batch(batch)
+            self._check_batch(shapes)
             self._checked_batches.add(signature)
-        return jax.device_put(batch, self.batch_sharding)
+        return place_global_batch(batch, self.batch_sharding)
 
     def _check_batch(self, batch: Any) -> None:
         problems = []
         per_device = self.dp_size * self.accumulate_steps * self.microbatches
         for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
-            shape = jnp.shape(leaf)
+            shape = tuple(leaf.shape)
             where = f"batch leaf {_path_text(path)} with shape {shape}"
             if (self.dp_axes or self.microbatches > 1) and not shape:
                 problems.append(

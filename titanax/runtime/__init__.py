@@ -1,6 +1,6 @@
 """Runtime: the Engine, the training state, compiled steps, the training loop, checkpoints, data, loggers."""
 
-from titanax.runtime import collectives, data, loggers, optim, pipeline
+from titanax.runtime import collectives, data, distributed, loggers, optim, pipeline
 from titanax.runtime.checkpoint import Checkpoint
 from titanax.runtime.engine import Engine
 from titanax.runtime.grad import value_and_grad
@@ -18,6 +18,7 @@ __all__ = [
     "Workload",
     "collectives",
     "data",
+    "distributed",
     "loggers",
     "load_workload",
     "optim",

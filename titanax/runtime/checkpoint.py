@@ -119,7 +119,10 @@ class Checkpointer:
     # -- saving --------------------------------------------------------------
     def save(self, state: Any, *, host_step: int, data_position: int, mesh: Any, plan_ir: str) -> None:
         """Start saving ``state`` as step ``host_step`` (returns once the arrays are off the devices)."""
-        tree = _tree_of(state)
+        # Saving goes on in the background while training donates the state's buffers to the
+        # next step. On CPU orbax reads the arrays without copying them, so it gets copies of
+        # its own, released when the save completes.
+        tree = jax.tree.map(lambda x: x.copy(), _tree_of(state))
         meta = {
             "format": FORMAT,
             "host_step": host_step,

@@ -14,7 +14,6 @@ data-parallel axes. :func:`process_slice` says which rows are whose.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -23,24 +22,9 @@ import jax
 import numpy as np
 
 from titanax.errors import TrainingError
+from titanax.lowering import PerProcess
 
 __all__ = ["ArrayLoader", "PerProcess", "process_slice"]
-
-
-@dataclasses.dataclass(frozen=True)
-class PerProcess:
-    """This process's rows of a global batch (a pytree of host arrays).
-
-    Inside a step, Titanax assembles the global batch from every process's
-    share (``jax.make_array_from_process_local_data``): process ``i`` holds rows
-    ``process_slice(global_batch)`` of it. In a single process it is the whole batch.
-    """
-
-    batch: Any
-    """This process's rows."""
-
-
-jax.tree_util.register_dataclass(PerProcess, data_fields=["batch"], meta_fields=[])
 
 
 def process_slice(

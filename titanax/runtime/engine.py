@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding
 
@@ -21,6 +22,8 @@ from titanax.lowering import (
     optimizer_state_specs,
     param_paths_and_shapes,
     param_specs,
+    place_global,
+    replicated_spec,
 )
 from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings, Target, compile_plan
 from titanax.runtime.checkpoint import Checkpoint, Checkpointer
@@ -158,21 +161,23 @@ class Engine:
         resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
         self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self._target)
         specs = param_specs(self.ir, params)
-        params = jax.tree.map(
-            lambda x, spec: jax.device_put(x, NamedSharding(self.mesh, spec), may_alias=False), params, specs
-        )
+        params = jax.tree.map(lambda x, spec: place_global(x, NamedSharding(self.mesh, spec)), params, specs)
         opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, specs)
         init = jax.shard_map(
             self.optimizer.init, mesh=self.mesh, in_specs=(specs,), out_specs=opt_specs, check_vma=True
         )
         opt_state = jax.jit(init)(params)
         replicated = NamedSharding(self.mesh, P())
-        step = jax.device_put(jnp.zeros((), jnp.int32), replicated)
-        rng = jax.device_put(jax.random.key_data(jax.random.key(_check_seed(seed))), replicated)
+        step = place_global(np.zeros((), np.int32), replicated)
+        # Replicated arrays come out of a step with one None per dimension; the same spec here
+        # keeps the second step from recompiling.
+        rng = place_global(
+            jax.random.key_data(jax.random.key(_check_seed(seed))), NamedSharding(self.mesh, replicated_spec(1))
+        )
         policy = self.plan_ir.precision()
         loss_scale = None
         if policy is not None and policy.loss_scaling == "dynamic":
-            loss_scale = jax.device_put(LossScale.initial(policy.loss_scale_init), replicated)
+            loss_scale = jax.tree.map(lambda x: place_global(x, replicated), LossScale.initial(policy.loss_scale_init))
         self.host_step = 0
         self.data_position = 0
         self.state_specs = TrainState(

@@ -66,9 +66,9 @@ class StepFn:
         return compiled
 
     def __call__(self, state: TrainState, batch: Any) -> tuple[TrainState, Any]:
-        """Run one step and send its metrics to the engine's loggers that are due."""
+        """Run one step; a training step sends its metrics to the engine's loggers that are due."""
         new_state, metrics = self.run(state, batch)
-        if state.engine.loggers:
+        if state.engine.loggers and self.compiled(state).applies_update:
             state.engine.log(metrics)
         return new_state, metrics
 
