@@ -206,11 +206,17 @@ def fit(
     watch = _LossWatch(engine)
     bar = _progress_bar(progress, steps, min(engine.host_step, steps))
     window_start, window_steps, window_examples = time.perf_counter(), 0, 0
+    previous: Any = None
     try:
         while engine.host_step < steps:
             batch = next_batch(engine.data_position)
             engine.data_position += 1
             state, metrics = step_fn.run(state, batch)
+            # At most two steps in flight: the host prepares the next batch while the devices run
+            # this step, but never queues more. A deep queue buys nothing, holds batches in device
+            # memory, and on XLA's CPU client can starve a collective's rendezvous of threads.
+            jax.block_until_ready(previous)
+            previous = metrics
             step = engine.host_step
             window_steps += 1
             window_examples += _examples(batch)
