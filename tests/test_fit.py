@@ -170,3 +170,10 @@ def test_basic_logger_prints_what_fit_sends():
     lines = stream.getvalue().splitlines()
     assert [line.split(" |")[0] for line in lines] == ["[titanax] step 2", "[titanax] step 4"]
     assert "samples_per_s=" in lines[0]
+
+
+def test_fit_refuses_a_step_that_applies_no_gradients():
+    engine = make_engine()
+    data = tx.data.ArrayLoader(arrays(), batch_size=16)
+    with pytest.raises(tx.TrainingError, match="TX720.*eval_step.*never calls"):
+        engine.fit(eval_step, data, steps=3, progress=False, state=engine.create_state(init_mlp()))

@@ -85,3 +85,61 @@ def test_wrong_device_count_is_always_reported(case, other):
         assert type(err).__name__ == "MeshError" and "TX103" in str(err)
     else:
         raise AssertionError("a mesh that does not fit the devices was accepted")
+
+
+@st.composite
+def precision_plans(draw):
+    """Meshes over data/model/pipe with any policy: TP over model and PP over pipe when drawn."""
+    from titanax.frontend import PP, TP, Precision
+
+    sizes = {name: draw(st.sampled_from([1, 2])) for name in ("data", "model", "pipe")}
+    use_tp, use_pp = draw(st.booleans()), draw(st.booleans())
+    dtypes = st.sampled_from(["float32", "bfloat16", "float16"])
+    policy = Precision(params=draw(dtypes), compute=draw(dtypes), output=draw(dtypes))
+    plan = Plan(
+        data_parallel=DP(axis="data"),
+        tensor_parallel=TP(axis="model", rules={"*/w": "column"}) if use_tp else None,
+        pipeline_parallel=PP(axis="pipe", microbatches=2 * sizes["pipe"], schedule="gpipe") if use_pp else None,
+        precision=policy,
+    )
+    mesh = MeshSpec(axes=tuple(sizes), shape=tuple(sizes.values()))
+    return mesh, plan, math.prod(sizes.values())
+
+
+@settings(max_examples=100, deadline=None)
+@given(precision_plans())
+def test_the_overflow_count_is_reduced_exactly_where_gradients_are_split(case):
+    mesh, plan, devices = case
+    ir = compile_plan(mesh, plan, target=Target(device_count=devices))
+    policy = ir.precision()
+    assert policy.loss_scaling == ("dynamic" if "float16" in (plan.precision.params, plan.precision.compute) else "none")
+    split_axes = (("model",) if plan.tensor_parallel else ()) + (("pipe",) if plan.pipeline_parallel else ())
+    finite = ir.collectives("nonfinite_count")
+    if policy.loss_scaling == "dynamic" and split_axes:
+        assert [(c.axes, c.reduction, c.group_size) for c in finite] == [
+            (split_axes, "sum", math.prod(mesh.shape[mesh.axes.index(a)] for a in split_axes))
+        ]
+    else:
+        assert finite == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.booleans(), max_size=20), st.integers(1, 5), st.sampled_from([1.0, 2.0**10, 2.0**23]))
+def test_loss_scale_follows_the_dynamic_rule(finite_steps, interval, initial):
+    """Against a plain-Python model: halve on overflow (not below 1), double after ``interval``
+    finite steps in a row (not above 2**24), and count finite steps since the last change."""
+    import jax.numpy as jnp
+
+    from titanax.lowering import LossScale
+
+    state = LossScale.initial(initial)
+    scale, good = initial, 0
+    for finite in finite_steps:
+        state = state.adjust(jnp.asarray(finite), interval)
+        if not finite:
+            scale, good = max(scale / 2, 1.0), 0
+        elif good + 1 >= interval:
+            scale, good = min(scale * 2, 2.0**24), 0
+        else:
+            good += 1
+        assert (float(state.scale), int(state.good_steps)) == (scale, good)

@@ -211,7 +211,15 @@ def fit(
         while engine.host_step < steps:
             batch = next_batch(engine.data_position)
             engine.data_position += 1
+            before = engine.host_step
             state, metrics = step_fn.run(state, batch)
+            if engine.host_step == before:
+                raise TrainingError.single(
+                    "TX720",
+                    f"fit() was given {getattr(step_fn, '__name__', 'a step')}, which never calls "
+                    "state.apply_gradients, so training would never advance",
+                    "pass the training step to fit(); run evaluation steps through eval_fn",
+                )
             # At most two steps in flight: the host prepares the next batch while the devices run
             # this step, but never queues more. A deep queue buys nothing, holds batches in device
             # memory, and on XLA's CPU client can starve a collective's rendezvous of threads.
