@@ -112,7 +112,9 @@ def test_the_overflow_count_is_reduced_exactly_where_gradients_are_split(case):
     mesh, plan, devices = case
     ir = compile_plan(mesh, plan, target=Target(device_count=devices))
     policy = ir.precision()
-    assert policy.loss_scaling == ("dynamic" if "float16" in (plan.precision.params, plan.precision.compute) else "none")
+    assert policy.loss_scaling == (
+        "dynamic" if "float16" in (plan.precision.params, plan.precision.compute) else "none"
+    )
     split_axes = (("model",) if plan.tensor_parallel else ()) + (("pipe",) if plan.pipeline_parallel else ())
     finite = ir.collectives("nonfinite_count")
     if policy.loss_scaling == "dynamic" and split_axes:

@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "titanax"
 ORDER = ["errors", "frontend", "ir", "passes", "lowering", "runtime", "nn"]
-JAX_FREE = {"errors", "frontend", "ir", "passes", "cli", "loader"}
+JAX_FREE = {"errors", "frontend", "ir", "passes", "cli", "loader", "launch"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -16,6 +16,7 @@ import pytest
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
+import titanax as tx
 from titanax.runtime import loggers
 
 
@@ -99,7 +100,7 @@ def test_csv_overwrites_unless_append_resumes(tmp_path):
 def test_csv_append_rejects_a_file_it_did_not_write(tmp_path):
     path = tmp_path / "other.csv"
     path.write_text("epoch,loss\n1,0.5\n")
-    with pytest.raises(ValueError, match="'epoch', not 'step'"):
+    with pytest.raises(tx.TrainingError, match="'epoch', not 'step'"):
         loggers.CSV(path, append=True)
 
 
@@ -142,14 +143,14 @@ def test_jsonl_append_keeps_earlier_lines(tmp_path):
 
 def test_file_loggers_reject_reserved_names_and_log_after_close(tmp_path):
     csv_logger, jsonl_logger = loggers.CSV(tmp_path / "m.csv"), loggers.JSONL(tmp_path / "m.jsonl")
-    with pytest.raises(ValueError, match="reserved"):
+    with pytest.raises(tx.TrainingError, match="reserved"):
         csv_logger.log(1, {"step": 1.0})
-    with pytest.raises(ValueError, match="reserved"):
+    with pytest.raises(tx.TrainingError, match="reserved"):
         jsonl_logger.log(1, {"time": 1.0})
     for logger in (csv_logger, jsonl_logger):
         logger.close()
         logger.close()
-        with pytest.raises(ValueError, match="after close"):
+        with pytest.raises(tx.TrainingError, match="after close"):
             logger.log(2, {"loss": 1.0})
 
 
@@ -163,7 +164,7 @@ def test_tensorboard_scalars_read_back_from_the_event_file(tmp_path):
     scalars = read_events(logdir)
     assert [(step, tag) for step, tag, _ in scalars] == [(5, "loss"), (5, "lr"), (10, "loss"), (10, "lr")]
     np.testing.assert_allclose([value for *_, value in scalars], [0.3, 3e-4, 1 / 3, 1e-4], rtol=1e-7)
-    with pytest.raises(ValueError, match="after close"):
+    with pytest.raises(tx.TrainingError, match="after close"):
         logger.log(15, {"loss": 1.0})
 
 
@@ -207,6 +208,6 @@ def test_every_must_be_a_positive_integer(tmp_path, every):
         lambda: loggers.TensorBoard(tmp_path / "tb", every=every),
     ]
     for make in makers:
-        with pytest.raises(ValueError, match=f"every={every!r}"):
+        with pytest.raises(tx.TrainingError, match=f"every={every!r}"):
             make()
     assert list(tmp_path.iterdir()) == []

@@ -59,7 +59,7 @@ def test_over_chooses_the_axes():
     assert len(set(everywhere.ravel().tolist())) == 8
     same, _ = run(draws(over=()))
     assert len(set(same.ravel().tolist())) == 1
-    with pytest.raises(tx.StepFnError, match="TX504.*rng_key.*'pipe'"):
+    with pytest.raises(tx.StepFnError, match="TX505.*rng_key.*'pipe'"):
         run(draws(over="pipe"))
 
 

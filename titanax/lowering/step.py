@@ -25,7 +25,7 @@ so that tracing tells them apart from the ones the user's code performs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -341,7 +341,14 @@ class CompiledStep:
     def _guarded(self, state: StepState, new_state: Any, metrics: Any) -> tuple[Any, Any]:
         """Report the loss scale, and under ``nonfinite="skip"`` keep the old parameters when the loss is
         not finite. The reduced loss is the same on every device, so no collective is needed to agree."""
-        if not isinstance(metrics, dict):
+        if not isinstance(metrics, Mapping):
+            if self.skip_nonfinite:
+                raise StepFnError.single(
+                    "TX514",
+                    f"the engine skips steps with a non-finite loss, but the step returned metrics of type "
+                    f"{type(metrics).__name__}, not a dict with a 'loss'",
+                    'return metrics as a dict, e.g. {"loss": loss}, or build the Engine with nonfinite="raise"',
+                )
             return new_state, metrics
         metrics = dict(metrics)
         if new_state.loss_scale is not None:

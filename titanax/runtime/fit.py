@@ -184,6 +184,12 @@ def fit(
             "fit() needs a state made by this engine's create_state",
             "call state = engine.create_state(params) first, then engine.fit(step, data, steps=..., state=state)",
         )
+    if any(leaf.is_deleted() for leaf in jax.tree.leaves(state)):
+        raise TrainingError.single(
+            "TX720",
+            "fit() was given a state whose arrays a step has already consumed (steps donate their input state)",
+            "pass the state the last step or fit() returned: state = engine.fit(..., state=state)",
+        )
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise TrainingError.single("TX720", f"fit(steps={steps!r}) must be a non-negative integer", "e.g. steps=1000")
     _positive("eval_every", eval_every, optional=True)
@@ -225,6 +231,7 @@ def fit(
             # memory, and on XLA's CPU client can starve a collective's rendezvous of threads.
             jax.block_until_ready(previous)
             previous = metrics
+            engine.last_state = state
             step = engine.host_step
             window_steps += 1
             window_examples += _examples(batch)

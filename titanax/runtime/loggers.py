@@ -19,6 +19,8 @@ from typing import Protocol, TextIO
 
 import jax
 
+from titanax.errors import TrainingError
+
 __all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard"]
 
 
@@ -40,7 +42,9 @@ class Logger(Protocol):
 def _check_every(owner: str, every: int) -> int:
     # bool is an int subclass; every=True is a mistake, not "every step".
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"{owner}(every={every!r}) must be a positive integer")
+        raise TrainingError.single(
+            "TX722", f"{owner}(every={every!r}) must be a positive integer", f"e.g. {owner}(every=10)"
+        )
     return every
 
 
@@ -52,7 +56,11 @@ def _check_reserved(owner: str, metrics: Mapping[str, float], reserved: tuple[st
     # A metric with a reserved name would silently overwrite the step (or time) column.
     clashes = sorted(name for name in metrics if name in reserved)
     if clashes:
-        raise ValueError(f"{owner}.log: metric names {clashes} are reserved; rename them (e.g. 'train/{clashes[0]}')")
+        raise TrainingError.single(
+            "TX722",
+            f"{owner}.log: metric names {clashes} are reserved for the logger's own columns",
+            f"rename them, e.g. 'train/{clashes[0]}'",
+        )
 
 
 class Basic:
@@ -106,7 +114,11 @@ class CSV:
             with self.path.open(newline="") as file:
                 header = next(csv.reader(file), [])
             if header and header[0] != "step":
-                raise ValueError(f"CSV(append=True): {self.path} starts with column {header[0]!r}, not 'step'")
+                raise TrainingError.single(
+                    "TX722",
+                    f"CSV(append=True): {self.path} starts with column {header[0]!r}, not 'step'",
+                    "append only to a file a CSV logger wrote, or give a new path",
+                )
             self._open("a", header)
         else:
             self._open("w", [])
@@ -136,7 +148,9 @@ class CSV:
         if not self._active:
             return
         if self._file is None:
-            raise ValueError(f"CSV.log(step={step}) after close() of {self.path}")
+            raise TrainingError.single(
+                "TX722", f"CSV.log(step={step}) after close() of {self.path}", "log before engine.close()"
+            )
         _check_reserved("CSV", metrics, ("step",))
         new = set(metrics) - set(self._fieldnames)
         if new or not self._fieldnames:
@@ -187,7 +201,9 @@ class JSONL:
         if not self._active:
             return
         if self._file is None:
-            raise ValueError(f"JSONL.log(step={step}) after close() of {self.path}")
+            raise TrainingError.single(
+                "TX722", f"JSONL.log(step={step}) after close() of {self.path}", "log before engine.close()"
+            )
         _check_reserved("JSONL", metrics, ("step", "time"))
         record = {"step": step, "time": time.time(), **{name: _json_value(metrics[name]) for name in sorted(metrics)}}
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
@@ -225,7 +241,9 @@ class TensorBoard:
         if not self._active:
             return
         if self._writer is None:
-            raise ValueError(f"TensorBoard.log(step={step}) after close() of {self.logdir}")
+            raise TrainingError.single(
+                "TX722", f"TensorBoard.log(step={step}) after close() of {self.logdir}", "log before engine.close()"
+            )
         for name in sorted(metrics):
             self._writer.add_scalar(name, float(metrics[name]), global_step=step)
         self._writer.flush()

@@ -93,9 +93,9 @@ class TrainState:
         unknown = [axis for axis in axes if axis not in ctx.mesh_axes]
         if unknown:
             raise StepFnError.single(
-                "TX504",
-                f"state.rng_key(over={over!r}) names {unknown}, which are not mesh axes",
-                f"mesh axes are {ctx.mesh_axes}",
+                "TX505",
+                f"state.rng_key(over={over!r}) names {unknown}, which are not in the mesh {ctx.mesh_axes}",
+                f"use mesh axes, e.g. over={ctx.mesh_axes!r}",
             )
         for axis in axes:
             key = jax.random.fold_in(key, lax.axis_index(axis))

@@ -95,7 +95,11 @@ class StepFn:
         compiled = self.compiled(state)
         traced = traced_collectives(compiled.jaxpr(state, batch))
         _, metrics = compiled.eval_shape(state, batch)
-        payloads = (("gradients", _local_nbytes(state.params)), ("metrics", _nbytes(metrics)))
+        payloads = (
+            ("gradients", _local_nbytes(state.params)),
+            ("metrics", _nbytes(metrics)),
+            ("nonfinite_count", 4),  # the int32 overflow count of float16 loss scaling
+        )
         if compiled.pipeline is not None:
             payloads += tuple(compiled.pipeline.traced_bytes.items())
         pipeline = PassPipeline([InsertTracedCollectives(collectives=traced), AnnotatePayloads(operand_bytes=payloads)])
