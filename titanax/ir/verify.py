@@ -81,7 +81,9 @@ def _check_collective(ir: PlanIR, node_id: str, node: CollectiveNode) -> list[Di
     if node.origin not in ("lowering", "user"):
         problems.append(_problem(f"collective %{node_id} has unknown origin {node.origin!r}"))
     if node.origin == "lowering" and not ir.sources(node_id, EdgeKind.REQUIRES):
-        problems.append(_problem(f"collective %{node_id} was inserted by a pass but no dimension or policy requires it"))
+        problems.append(
+            _problem(f"collective %{node_id} was inserted by a pass but no dimension or policy requires it")
+        )
     if node.op in ("all-reduce", "reduce-scatter") and node.reduction not in REDUCTIONS:
         problems.append(_problem(f"{node.op} %{node_id} has reduction {node.reduction!r}; known: {REDUCTIONS}"))
     sizes = ir.axis_sizes()
