@@ -141,14 +141,14 @@ def test_keep_and_every(tmp_path):
 
 KILLED_SAVE = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal, sys, time
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import jax, jax.numpy as jnp
     import titanax as tx
 
     engine = tx.Engine(mesh=tx.MeshSpec(axes=("data",)), plan=tx.Plan(data_parallel=tx.DP(axis="data")),
                        optimizer=tx.optim.sgd(0.1), checkpoint=tx.Checkpoint(sys.argv[1], every=1))
-    state = engine.create_state({"w": jnp.full((1024, 1024), 1.0), "v": jnp.full((64, 1024, 64), 2.0)})
+    state = engine.create_state({"w": jnp.full((1024, 1024), 1.0), "v": jnp.full((64, 1024, 256), 2.0)})
     engine.host_step = 1
     engine.save(state)
     engine.checkpointer.wait()
@@ -156,6 +156,11 @@ KILLED_SAVE = textwrap.dedent(
     engine.host_step = 2
     engine.save(state)  # asynchronous: returns while the files are being written
     print("saving", flush=True)
+    # Kill the process once orbax has started writing step 2 (its temporary directory exists).
+    deadline = time.time() + 60
+    while not any(name.startswith("2.") for name in os.listdir(sys.argv[1])) and time.time() < deadline:
+        time.sleep(0.001)
+    print("writing" if time.time() < deadline else "never started", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )
@@ -167,8 +172,9 @@ def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
     directory = tmp_path / "ckpt"
     result = subprocess.run([sys.executable, str(script), str(directory)], capture_output=True, text=True, timeout=120)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
-    assert "saving" in result.stdout
-    assert "2" not in os.listdir(directory)  # step 2 never became visible
+    assert "saving\nwriting" in result.stdout
+    assert "2" not in os.listdir(directory)  # step 2 never became visible...
+    assert any(name.startswith("2.") for name in os.listdir(directory))  # ...though it was being written
 
     engine = tx.Engine(
         mesh=tx.MeshSpec(axes=("data",)),
@@ -176,10 +182,15 @@ def test_sigkill_during_an_async_save_leaves_the_previous_checkpoint(tmp_path):
         optimizer=tx.optim.sgd(0.1),
         checkpoint=tx.Checkpoint(directory),
     )
-    template = engine.create_state({"w": jnp.zeros((1024, 1024)), "v": jnp.zeros((64, 1024, 64))})
+    template = engine.create_state({"w": jnp.zeros((1024, 1024)), "v": jnp.zeros((64, 1024, 256))})
     restored = engine.restore(template)
     assert engine.host_step == 1
     assert float(restored.params["w"][0, 0]) == 1.0 and float(restored.params["v"].max()) == 2.0
+    # The resumed run saves step 2 again over the remains of the killed save.
+    engine.host_step = 2
+    engine.save(restored)
+    engine.close()
+    assert sorted(os.listdir(directory)) == ["1", "2"]
 
 
 def saved_checkpoint(directory):

@@ -8,8 +8,8 @@ A checkpoint holds two items, written by orbax's ``CheckpointManager``:
   dtype), the host step, the data position, and the mesh and plan IR that saved
   them.
 
-Saving is asynchronous by default: the arrays are copied off the devices, then
-written in the background while training goes on. orbax writes into a temporary
+Saving is asynchronous by default: the arrays are copied on their devices, then
+moved to the host and written by a background thread while training goes on. orbax writes into a temporary
 directory and renames it when complete, so a process killed mid-save leaves the
 previous checkpoint as the latest one.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -115,13 +116,25 @@ class Checkpointer:
             create=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titanax-checkpoint")
+        self._pending: list[tuple[int, Future[Any]]] = []
+        self._requested: set[int] = set(self.manager.all_steps())
 
     # -- saving --------------------------------------------------------------
     def save(self, state: Any, *, host_step: int, data_position: int, mesh: Any, plan_ir: str) -> None:
-        """Start saving ``state`` as step ``host_step`` (returns once the arrays are off the devices)."""
-        # Saving goes on in the background while training donates the state's buffers to the
-        # next step. On CPU orbax reads the arrays without copying them, so it gets copies of
-        # its own, released when the save completes.
+        """Start saving ``state`` as step ``host_step``; asynchronously, return almost at once.
+
+        The arrays are first copied on their devices (training goes on to donate the
+        state's buffers to the next step). Asynchronously, one background thread then
+        hands the copies to orbax, which moves them to the host and writes them while
+        training continues; saves run one after another in the order they were made.
+        With several processes orbax's own asynchronous save is used instead, which
+        blocks while the arrays move to the host.
+        """
+        self._raise_failed_save()
+        if host_step in self._requested:
+            return  # already saved (e.g. fit saving the last step that was also an interval step)
+        self._requested.add(host_step)
         tree = jax.tree.map(lambda x: x.copy(), _tree_of(state))
         meta = {
             "format": FORMAT,
@@ -134,23 +147,54 @@ class Checkpointer:
             "opt_state": _describe(state.opt_state),
             "loss_scale": state.loss_scale is not None,
         }
-        if host_step in self.manager.all_steps():
-            return  # already saved (e.g. fit saving the last step that was also an interval step)
         args = ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta))
-        self.manager.save(host_step, args=args, force=True)
+        if not self.config.async_:
+            self.manager.save(host_step, args=args, force=True)
+            self.manager.wait_until_finished()
+        elif jax.process_count() > 1:
+            # orbax synchronises the processes with a device collective inside save(); run from a
+            # thread it could interleave with a training step's collectives differently on each
+            # process, so with several processes it runs here (orbax still writes in the background).
+            self.manager.save(host_step, args=args, force=True)
+        else:
+            # orbax's asynchronous save still blocks while it copies every array to host memory
+            # (about three quarters of a whole save on a CPU machine); the thread takes that too.
+            future = self._executor.submit(self.manager.save, host_step, args=args, force=True)
+            self._pending.append((host_step, future))
+
+    def _raise_failed_save(self) -> None:
+        """A background save that failed is reported at the next save or wait (TX706)."""
+        done = [(step, future) for step, future in self._pending if future.done()]
+        self._pending = [(step, future) for step, future in self._pending if not future.done()]
+        for step, future in done:
+            error = future.exception()
+            if error is not None:
+                raise _error(
+                    "TX706",
+                    f"saving checkpoint step {step} into {self.directory} failed: {type(error).__name__}: "
+                    f"{str(error)[:300]}",
+                    "check the disk space and permissions of the checkpoint directory; earlier checkpoints are intact",
+                ) from error
 
     def wait(self) -> None:
-        """Block until every started save is complete on disk."""
+        """Block until every started save is complete on disk (raises TX706 if one failed)."""
+        for _, future in self._pending:
+            future.exception()  # waits; the failure itself is raised below
+        self._raise_failed_save()
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         """Finish pending saves and release the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self._executor.shutdown(wait=True)
+            self.manager.close()
 
     # -- restoring -----------------------------------------------------------
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint's step, or ``None`` when there is none."""
+        """The newest complete checkpoint's step, or ``None`` when there is none (waits for pending saves)."""
+        self.wait()
         self.manager.reload()
         return self.manager.latest_step()
 
@@ -186,6 +230,7 @@ class Checkpointer:
         Returns ``(tree, meta)``; ``tree`` has the structure of ``template``'s stored fields.
         Nothing is returned unless every array was read.
         """
+        self.wait()
         if step is None:
             step = self.latest_step()
             if step is None:
