@@ -111,7 +111,7 @@ def test_verifier_rejects_unrequired_lowering_collective_and_unknown_op():
     with pytest.raises(IRVerificationError) as info:
         verify_ir(ir)
     text = str(info.value)
-    assert "unknown op 'broadcast'" in text and "no dimension requires it" in text
+    assert "unknown op 'broadcast'" in text and "no dimension or policy requires it" in text
 
 
 def test_verifier_rejects_bad_axis_positions():

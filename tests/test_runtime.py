@@ -153,5 +153,5 @@ def test_engine_describes_its_plan():
 
 
 def test_basic_logger_rejects_bad_every():
-    with pytest.raises(ValueError, match="every=0"):
+    with pytest.raises(tx.TrainingError, match="TX722.*every=0"):
         tx.loggers.Basic(every=0)
