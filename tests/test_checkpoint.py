@@ -91,7 +91,7 @@ def test_a_resumed_run_repeats_an_uninterrupted_one_bit_for_bit(tmp_path):
     first.close()
     second = make_engine(tmp_path / "split")
     second.loggers = (resumed := Recorder(),)
-    state = second.create_state(init_params())
+    state = second.create_state(init_params(), seed=99)  # the RNG key must come from the checkpoint
     state = second.fit(dropout_step, loader(), steps=12, log_every=1, progress=False, resume=True, state=state)
 
     assert second.host_step == 12 and second.data_position == 12
@@ -254,3 +254,24 @@ def test_no_pickle_in_a_checkpoint(tmp_path):
             with open(os.path.join(root, name), "rb") as handle:
                 head = handle.read(2)
             assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), name
+
+
+def test_a_failed_background_save_is_reported_at_the_next_wait(tmp_path, monkeypatch):
+    engine = make_engine(tmp_path)
+    state = engine.create_state(init_params())
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(engine.checkpointer.manager, "save", disk_full)
+    engine.save(state)  # returns: the failure happens in the background
+    with pytest.raises(tx.CheckpointError, match="TX706.*step 0.*No space left on device"):
+        engine.checkpointer.wait()
+    engine.close()
+
+
+def test_a_fresh_run_refuses_a_directory_holding_another_runs_checkpoints(tmp_path):
+    saved_checkpoint(tmp_path)
+    engine = make_engine(tmp_path)
+    with pytest.raises(tx.CheckpointError, match=r"TX707.*another run \(steps \[4\]\)"):
+        engine.fit(dropout_step, loader(), steps=8, progress=False, state=engine.create_state(init_params()))

@@ -92,7 +92,9 @@ def run_mnist(*flags, launch=None):
     import json
 
     last = result.stdout.strip().splitlines()[-1]
-    return json.loads(last.split("] ", 1)[1] if launch else last)
+    summary = json.loads(last.split("] ", 1)[1] if launch else last)
+    summary["log"] = result.stderr
+    return summary
 
 
 mnist_data = pytest.mark.skipif(
@@ -112,9 +114,13 @@ def test_mnist_mlp_default_run_reaches_97_percent():
 @pytest.mark.slow
 @mnist_data
 def test_mnist_resumes_from_its_checkpoint(tmp_path):
-    first = run_mnist("--steps", "40", "--eval-every", "20", "--checkpoint-dir", str(tmp_path / "ckpt"))
-    resumed = run_mnist("--steps", "60", "--eval-every", "20", "--checkpoint-dir", str(tmp_path / "ckpt"), "--resume")
+    flags = ("--eval-every", "20", "--log-every", "20", "--checkpoint-dir", str(tmp_path / "ckpt"))
+    first = run_mnist("--steps", "40", *flags)
+    resumed = run_mnist("--steps", "60", *flags, "--resume")
     assert (first["steps"], resumed["steps"]) == (40, 60)
+    # The resumed run starts after step 40: it trains and logs step 60 only.
+    assert "[titanax] step 60 | loss=" in resumed["log"]
+    assert "[titanax] step 20 |" not in resumed["log"] and "[titanax] step 40 |" not in resumed["log"]
 
 
 @pytest.mark.slow

@@ -95,7 +95,9 @@ def precision_plans(draw):
     sizes = {name: draw(st.sampled_from([1, 2])) for name in ("data", "model", "pipe")}
     use_tp, use_pp = draw(st.booleans()), draw(st.booleans())
     dtypes = st.sampled_from(["float32", "bfloat16", "float16"])
-    policy = Precision(params=draw(dtypes), compute=draw(dtypes), output=draw(dtypes))
+    # float16 master weights are refused (TX233); any dtype may be computed or returned in.
+    master = st.sampled_from(["float32", "bfloat16"])
+    policy = Precision(params=draw(master), compute=draw(dtypes), output=draw(dtypes))
     plan = Plan(
         data_parallel=DP(axis="data"),
         tensor_parallel=TP(axis="model", rules={"*/w": "column"}) if use_tp else None,
@@ -112,9 +114,7 @@ def test_the_overflow_count_is_reduced_exactly_where_gradients_are_split(case):
     mesh, plan, devices = case
     ir = compile_plan(mesh, plan, target=Target(device_count=devices))
     policy = ir.precision()
-    assert policy.loss_scaling == (
-        "dynamic" if "float16" in (plan.precision.params, plan.precision.compute) else "none"
-    )
+    assert policy.loss_scaling == ("dynamic" if plan.precision.compute == "float16" else "none")
     split_axes = (("model",) if plan.tensor_parallel else ()) + (("pipe",) if plan.pipeline_parallel else ())
     finite = ir.collectives("nonfinite_count")
     if policy.loss_scaling == "dynamic" and split_axes:

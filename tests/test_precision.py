@@ -116,7 +116,9 @@ def test_float16_with_dynamic_loss_scaling_tracks_float32():
 def boosted_step(state, batch):
     def loss_fn(params):
         out = batch["x"] @ params["w"]
-        return tx.collectives.pmean(jnp.mean(out**2) * batch["boost"][0], "model")
+        # Only the first model shard's loss (and gradients) blows up: every device must still skip.
+        boost = jnp.where(tx.collectives.axis_index("model") == 0, batch["boost"][0], 1.0)
+        return tx.collectives.pmean(jnp.mean(out**2) * boost, "model")
 
     loss, grads = tx.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grads), {"loss": loss}
@@ -165,6 +167,15 @@ def test_float16_without_tx_value_and_grad_is_explained():
     state = engine.create_state({"w": jnp.ones((4, 2))})
     with pytest.raises(tx.StepFnError, match="TX513.*tx.value_and_grad"):
         unscaled(state, {"x": jnp.ones((8, 4))})
+
+
+def test_float16_master_weights_are_refused():
+    with pytest.raises(tx.PlanError, match="TX233.*master weights"):
+        tx.Engine(
+            mesh=tx.MeshSpec(axes=("data",)),
+            plan=tx.Plan(data_parallel=tx.DP(axis="data"), precision=tx.Precision(params="float16")),
+            optimizer=tx.optim.sgd(0.1),
+        )
 
 
 def test_loss_scale_settings_are_checked():

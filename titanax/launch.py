@@ -13,6 +13,7 @@ rank: a run never hangs on a dead peer. It imports no JAX.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -86,16 +87,21 @@ def _describe(returncode: int) -> str:
     return f"exited with status {returncode}"
 
 
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Signal the process and everything it started (each rank leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
 def _stop(processes: Sequence[subprocess.Popen]) -> None:
-    alive = [p for p in processes if p.poll() is None]
-    for process in alive:
-        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        _signal_group(process, signal.SIGTERM)  # exited ranks may leave children behind
     deadline = time.monotonic() + GRACE_S
-    for process in alive:
+    for process in processes:
         try:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            process.kill()
+            _signal_group(process, signal.SIGKILL)
             process.wait()
 
 
@@ -113,6 +119,8 @@ def launch(
         raise DistributedError.single(
             "TX743", "titanax launch needs a command to run", "write: titanax launch --processes 2 -- python train.py"
         )
+    if port is not None and not 0 < port < 65536:
+        raise DistributedError.single("TX743", f"--port {port} is not a TCP port", "use 1..65535, or leave it out")
     if processes < 1:
         raise DistributedError.single("TX743", f"--processes {processes} must be at least 1", "e.g. --processes 2")
     if devices_per_process is not None and devices_per_process < 1:
@@ -133,6 +141,9 @@ def launch(
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
+                # Its own session: a terminal's Ctrl-C reaches the launcher only, which forwards it
+                # once, and the launcher can stop the rank together with anything it started.
+                start_new_session=True,
             )
             children.append(child)
             for stream, sink in ((child.stdout, out), (child.stderr, err)):
@@ -144,11 +155,14 @@ def launch(
         raise DistributedError.single(
             "TX743", f"cannot start {command[0]!r}: {error.strerror}", "check the command after --"
         ) from None
+    except BaseException:
+        _stop(children)  # interrupted while starting: leave no rank behind
+        raise
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
             if child.poll() is None:
-                child.send_signal(signum)
+                _signal_group(child, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     result = LaunchResult(status=0)

@@ -35,7 +35,9 @@ class LossScale:
     def adjust(self, finite: jax.Array, growth_interval: int) -> LossScale:
         """The scale after a step: halved on overflow, doubled after ``growth_interval`` finite steps."""
         grown = self.good_steps + 1 >= growth_interval
-        # float16's largest value is 65504; a scale beyond 2**24 only ever overflows.
+        # A float16 loss's cotangent is the scale itself, so beyond 2**15 (float16's largest power
+        # of two) it overflows and the probe costs one skipped step; a float32 loss can use more.
+        # Past 2**24 float32 unscaling loses the small gradients scaling exists to keep.
         scale = jnp.where(
             finite,
             jnp.where(grown, jnp.minimum(self.scale * 2, 2.0**24), self.scale),

@@ -139,6 +139,7 @@ class CompiledStep:
         self.skip_nonfinite = skip_nonfinite
         self._grad_collectives = ir.collectives("gradients")
         self._finite_collectives = ir.collectives("nonfinite_count")
+        self._overflow: Any = None
         self.applies_update: bool | None = None
         """Whether the step calls ``apply_gradients`` (known once traced; evaluation steps do not)."""
         self._metric_collectives = ir.collectives("metrics")
@@ -156,6 +157,7 @@ class CompiledStep:
         self._program = program
         self.donate_state = donate_state
         self._jitted = jax.jit(program, donate_argnums=(0,) if donate_state else ())
+        self._donation_checked = False
         self._checked_batches: set[Any] = set()
 
     # -- call path --------------------------------------------------------
@@ -163,12 +165,14 @@ class CompiledStep:
         """Run one step: ``(state, batch) -> (new_state, metrics)``."""
         with _explained_varying_outputs():
             placed = self.place_batch(batch)
-            if self.applies_update is None and self.donate_state:
-                # Trace once before the first run: a step that applies no gradients (evaluation)
-                # must not donate the state, which its caller keeps using.
-                jax.eval_shape(self._program, state, placed)
+            if self.donate_state and not self._donation_checked:
+                # Before the first run: a step that applies no gradients (evaluation) must not
+                # donate the state, which its caller keeps using. Tracing tells which it is.
+                if self.applies_update is None:
+                    jax.eval_shape(self._program, state, placed)
                 if not self.applies_update:
                     self._jitted = jax.jit(self._program)
+                self._donation_checked = True
             return self._jitted(state, placed)
 
     def lower(self, state: Any, batch: Any) -> jax.stages.Lowered:
@@ -295,6 +299,7 @@ class CompiledStep:
                 count = ensure_varying(count, self._finite_collectives[0].axes)
                 count = emit_collectives(self._finite_collectives, count)
         finite = count == 0
+        self._overflow = ~finite  # reported as a metric by _guarded, in the same trace
         updated = state.apply_update(grads)
         kept = _select(finite, updated, state)
         return kept.replace(
@@ -353,6 +358,7 @@ class CompiledStep:
         metrics = dict(metrics)
         if new_state.loss_scale is not None:
             metrics["loss_scale"] = new_state.loss_scale.scale
+            metrics["overflow"] = self._overflow.astype(jnp.float32)
         if self.skip_nonfinite:
             if "loss" not in metrics:
                 raise StepFnError.single(
@@ -361,7 +367,7 @@ class CompiledStep:
                     f"(they have {sorted(metrics)})",
                     'return the loss as metrics["loss"], or build the Engine with nonfinite="raise"',
                 )
-            finite = jnp.isfinite(metrics["loss"])
+            finite = jnp.all(jnp.isfinite(metrics["loss"]))
             new_state = _select(finite, new_state, state).replace(step=new_state.step, loss_scale=new_state.loss_scale)
             metrics["skipped"] = (~finite).astype(jnp.float32)
         return new_state, metrics

@@ -15,7 +15,7 @@ __all__ = ["CheckPrecision"]
 @register_pass
 @dataclass(frozen=True, kw_only=True)
 class CheckPrecision(Pass):
-    """Reject a dtype that is not a floating type Titanax supports (TX219)."""
+    """Reject a dtype that is not a floating type Titanax supports (TX219), and float16 master weights (TX233)."""
 
     name = "check-precision"
     validates = True
@@ -32,3 +32,13 @@ class CheckPrecision(Pass):
                         suggest(dtype, list(DTYPES), "dtypes"),
                         policy.location,
                     )
+            if policy.params == "float16":
+                # Unscaled float16 gradients and updates underflow: the small ones loss scaling
+                # exists to keep would vanish in the master copy itself.
+                ctx.error(
+                    "TX233",
+                    "precision params = float16: master weights in float16 lose the small updates that loss "
+                    "scaling preserves",
+                    "keep params = float32 (the default) and compute in float16",
+                    policy.location,
+                )

@@ -19,6 +19,7 @@ from titanax.passes.base import Pass, PassContext, register_pass
 __all__ = ["GRAD_FINITE", "InsertPrecisionCollectives"]
 
 GRAD_FINITE = "grad_finite"
+"""Name of the collective that sums the non-finite gradient count over the split axes."""
 
 
 @register_pass

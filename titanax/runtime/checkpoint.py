@@ -118,7 +118,8 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titanax-checkpoint")
         self._pending: list[tuple[int, Future[Any]]] = []
-        self._requested: set[int] = set(self.manager.all_steps())
+        self._requested: set[int] = set()
+        """Steps this session has saved (or started saving)."""
 
     # -- saving --------------------------------------------------------------
     def save(self, state: Any, *, host_step: int, data_position: int, mesh: Any, plan_ir: str) -> None:
@@ -134,6 +135,12 @@ class Checkpointer:
         self._raise_failed_save()
         if host_step in self._requested:
             return  # already saved (e.g. fit saving the last step that was also an interval step)
+        if host_step in self.manager.all_steps():
+            raise _error(
+                "TX707",
+                f"checkpoint step {host_step} already exists in {self.directory}, from another run",
+                "resume that run with fit(..., resume=True), save into a new directory, or delete the old steps",
+            )
         self._requested.add(host_step)
         tree = jax.tree.map(lambda x: x.copy(), _tree_of(state))
         meta = {
@@ -159,8 +166,18 @@ class Checkpointer:
         else:
             # orbax's asynchronous save still blocks while it copies every array to host memory
             # (about three quarters of a whole save on a CPU machine); the thread takes that too.
+            # One save at a time: each pending one holds a copy of the state in device memory.
+            for _, previous in self._pending:
+                previous.exception()
+            self._raise_failed_save()
             future = self._executor.submit(self.manager.save, host_step, args=args, force=True)
             self._pending.append((host_step, future))
+
+    def steps_of_other_runs(self, after: int) -> list[int]:
+        """Saved steps beyond ``after`` that this session did not write (a fresh run would collide with them)."""
+        self.wait()
+        self.manager.reload()
+        return [step for step in self.manager.all_steps() if step > after and step not in self._requested]
 
     def _raise_failed_save(self) -> None:
         """A background save that failed is reported at the next save or wait (TX706)."""
@@ -273,7 +290,8 @@ class Checkpointer:
         # orbax rebuilds containers as plain tuples and dicts; put the leaves back into the template's types.
         tree = {key: restored[key] for key in wanted if key in restored}
         if fresh_loss_scale:
-            tree["loss_scale"] = wanted["loss_scale"]
+            # Copies: the template's own arrays must survive the steps that donate the restored state.
+            tree["loss_scale"] = jax.tree.map(lambda x: x.copy(), wanted["loss_scale"])
         leaves = jax.tree.leaves(tree)
         return jax.tree.unflatten(jax.tree.structure(wanted), leaves), meta
 

@@ -14,7 +14,6 @@ data-parallel axes. :func:`process_slice` says which rows are whose.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,8 +31,11 @@ def process_slice(
 ) -> slice:
     """The rows of a global batch that process ``process_index`` (default: this one) loads.
 
-    Processes take equal, contiguous blocks in process order, which is the order
-    of their devices along the data-parallel axes. Example: with 2 processes and a
+    Processes take equal, contiguous blocks in process order. That matches the
+    global array only when the processes split the data-parallel axes in rank
+    order (each process's devices hold one contiguous block of the batch), as
+    on a mesh whose data axis comes first; a plan whose processes span the
+    tensor or pipeline axes instead needs every process to load the same rows. Example: with 2 processes and a
     global batch of 256, process 1 loads rows ``slice(128, 256)``.
     """
     index = jax.process_index() if process_index is None else process_index
@@ -86,7 +88,9 @@ class ArrayLoader:
         self.shuffle = shuffle
         self.seed = seed
         self.steps_per_epoch = self.size // batch_size
-        self._rows = process_slice(batch_size)
+        # Which rows are this process's is worked out at the first batch: asking JAX now would
+        # start its backend before a launched script's Engine joins the other processes.
+        self._rows: slice | None = None
         self._permutation: tuple[int, np.ndarray] | None = None
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -107,6 +111,8 @@ class ArrayLoader:
         indices = self.indices(position)
         if jax.process_count() == 1:
             return {name: value[indices] for name, value in self.arrays.items()}
+        if self._rows is None:
+            self._rows = process_slice(self.batch_size)
         mine = indices[self._rows]
         return PerProcess({name: value[mine] for name, value in self.arrays.items()})
 
@@ -116,4 +122,4 @@ class ArrayLoader:
 
     def epochs(self, steps: int) -> float:
         """How many passes over the data ``steps`` batches make."""
-        return steps / self.steps_per_epoch if self.steps_per_epoch else math.inf
+        return steps / self.steps_per_epoch

@@ -115,7 +115,7 @@ def initialize(
     try:
         jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s)
     except RuntimeError as err:
-        if "before" not in str(err).lower():
+        if "must be called before" not in str(err):
             raise
         raise DistributedError.single(
             "TX741",

@@ -241,13 +241,14 @@ class Engine:
         loss_scale = None
         if "loss_scale" in tree:
             loss_scale = LossScale(scale=tree["loss_scale"]["scale"], good_steps=tree["loss_scale"]["good_steps"])
-        return state.replace(
+        self.last_state = state.replace(
             step=tree["step"],
             params=tree["params"],
             opt_state=tree["opt_state"],
             rng=tree["rng"],
             loss_scale=loss_scale,
         )
+        return self.last_state
 
     # -- the training loop --------------------------------------------------
     def fit(
@@ -309,8 +310,10 @@ class Engine:
 
     def close(self) -> None:
         """Wait for pending checkpoint saves, then close every logger."""
-        if self._checkpointer is not None:
-            self._checkpointer.close()
-            self._checkpointer = None
-        for logger in self.loggers:
-            logger.close()
+        checkpointer, self._checkpointer = self._checkpointer, None
+        try:
+            if checkpointer is not None:
+                checkpointer.close()
+        finally:
+            for logger in self.loggers:
+                logger.close()

@@ -15,6 +15,7 @@ its step and data position.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from titanax.errors import Diagnostic, NonFiniteError, TrainingError
+from titanax.errors import CheckpointError, Diagnostic, NonFiniteError, TrainingError
 from titanax.runtime.data import PerProcess
 from titanax.runtime.state import TrainState
 
@@ -41,8 +42,13 @@ def _positive(name: str, value: Any, *, optional: bool = False) -> None:
         raise TrainingError.single("TX720", f"fit({name}={value!r}) must be a positive integer", f"e.g. {name}=100")
 
 
-def _batch_source(engine: Engine, data: Any) -> Callable[[int], Any]:
-    """``position -> batch`` for a loader with ``.batch(n)``, a function, or an iterable."""
+def _batch_source(data: Any, *, skip: int, engine: Engine) -> Callable[[int], Any]:
+    """``position -> batch`` for a loader with ``.batch(n)``, a function, or an iterable.
+
+    An iterable cannot seek: after a resume the first ``skip`` items, which the
+    restored run already trained on, are drawn and dropped; otherwise it is read
+    from where it stands.
+    """
     if callable(getattr(data, "batch", None)):
         return data.batch
     if callable(data):
@@ -56,20 +62,23 @@ def _batch_source(engine: Engine, data: Any) -> Callable[[int], Any]:
     iterator: Iterator[Any] = iter(data)
     taken = 0
 
-    def next_batch(position: int) -> Any:
+    def draw() -> Any:
         nonlocal taken
-        # An iterable cannot seek: on resume, skip the batches the restored run already consumed.
-        while taken <= position:
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                raise TrainingError.single(
-                    "TX721",
-                    f"the data ran out after {taken} batches, before step {engine.host_step + 1}",
-                    "give more data (repeat it for several epochs) or fewer steps",
-                ) from None
-            taken += 1
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            raise TrainingError.single(
+                "TX721",
+                f"the data ran out after {taken} batches, before step {engine.host_step + 1}",
+                "give more data (repeat it for several epochs) or fewer steps",
+            ) from None
+        taken += 1
         return batch
+
+    def next_batch(position: int) -> Any:
+        while taken < skip:
+            draw()
+        return draw()
 
     return next_batch
 
@@ -88,7 +97,6 @@ class _LossWatch:
     def __init__(self, engine: Engine):
         self.engine = engine
         self.pending: list[tuple[int, jax.Array]] = []
-        self.skipped = 0
 
     def add(self, step: int, metrics: Any) -> None:
         if isinstance(metrics, Mapping) and "loss" in metrics:
@@ -104,8 +112,7 @@ class _LossWatch:
         if not bad:
             return
         if self.engine.nonfinite == "skip":
-            self.skipped += len(bad)
-            return
+            return  # those steps kept their parameters; the metrics say "skipped"
         step, value = bad[0]
         last = None
         if self.engine.checkpoint is not None:
@@ -205,10 +212,19 @@ def fit(
         )
     if log_every is None:
         log_every = min((logger.every for logger in engine.loggers), default=100)
+    resumed_from = None
     if resume and engine.checkpointer.latest_step() is not None:
         state = engine.restore(state)
+        resumed_from = engine.data_position
+    elif engine.checkpoint is not None and (later := engine.checkpointer.steps_of_other_runs(engine.host_step)):
+        raise CheckpointError.single(
+            "TX707",
+            f"{engine.checkpointer.directory} already holds checkpoints of another run (steps {later[:5]}); "
+            "this run would mix its checkpoints with them",
+            "pass resume=True to continue that run, or give tx.Checkpoint a new directory",
+        )
 
-    next_batch = _batch_source(engine, data)
+    next_batch = _batch_source(data, skip=resumed_from or 0, engine=engine)
     watch = _LossWatch(engine)
     bar = _progress_bar(progress, steps, min(engine.host_step, steps))
     window_start, window_steps, window_examples = time.perf_counter(), 0, 0
@@ -247,7 +263,8 @@ def fit(
                 scalars["samples_per_s"] = window_examples / elapsed
                 if tokens_per_sample:
                     scalars["tokens_per_s"] = window_examples * tokens_per_sample / elapsed
-                engine.log(scalars, step, force=True)
+                # Each logger still keeps its own interval; the last step reaches all of them.
+                engine.log(scalars, step, force=last)
                 if "loss" in scalars:
                     bar.set_postfix(loss=f"{scalars['loss']:.4g}", refresh=False)
             if eval_fn is not None and ((eval_every and step % eval_every == 0) or last):
@@ -261,8 +278,14 @@ def fit(
             if step % log_every == 0 or last:
                 window_start, window_steps, window_examples = time.perf_counter(), 0, 0
         watch.check()
-    finally:
+    except BaseException:
         bar.close()
-        if engine.checkpoint is not None and engine._checkpointer is not None:
-            engine._checkpointer.wait()
+        # Let pending saves finish, but report the error that stopped training, not theirs.
+        if engine._checkpointer is not None:
+            with contextlib.suppress(Exception):
+                engine._checkpointer.wait()
+        raise
+    bar.close()
+    if engine._checkpointer is not None:
+        engine._checkpointer.wait()
     return state

@@ -20,6 +20,7 @@ from typing import Protocol, TextIO
 import jax
 
 from titanax.errors import TrainingError
+from titanax.runtime.distributed import ENV_PROCESS_ID
 
 __all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard"]
 
@@ -49,6 +50,11 @@ def _check_every(owner: str, every: int) -> int:
 
 
 def _on_process_zero() -> bool:
+    # Under `titanax launch` the rank is known from the launcher before JAX starts. Asking JAX
+    # would start its backend, after which the Engine could no longer join the other processes.
+    rank = os.environ.get(ENV_PROCESS_ID)
+    if rank is not None and not jax.distributed.is_initialized():
+        return rank == "0"
     return jax.process_index() == 0
 
 
