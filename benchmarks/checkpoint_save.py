@@ -4,7 +4,9 @@ Saves the same training state (parameters plus Adam's two moments, over 8
 devices) with ``tx.Checkpoint(async_=True)`` and ``async_=False`` alternately,
 timing how long ``engine.save`` holds the training loop, and how long the
 asynchronous write takes to finish in the background. The last line is JSON;
-``blocking_async_over_sync`` is the share of the save that still blocks.
+``blocking_async_over_sync`` is the share of the save that still blocks the
+host. The device copies an asynchronous save makes are queued on the devices
+like a step, so they still delay the next step by one copy of the state.
 
 Run: python benchmarks/checkpoint_save.py [--mib 64] [--repeats 3]
 """
