@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from models import GPT, gpt_batches
+from tests_helpers_pp import tiny_engine_and_step
 
 import titanax as tx
 from titanax import nn
@@ -187,35 +188,10 @@ def test_loss_scale_settings_are_checked():
 
 def test_float16_pipeline_scales_the_loss_and_tracks_float32():
     """tx.pipeline.value_and_grad seeds the backward with the scale; the overflow count crosses the pipe axis."""
-    model = tx.PipelineModel(
-        first=lambda o, mb: mb["x"] @ o["embed"]["w"],
-        block=lambda layer, x: jnp.tanh(x @ layer["w"]),
-        last=lambda o, x, mb: jnp.mean((x @ o["head"]["w"] - mb["y"]) ** 2),
-    )
-
-    @tx.step_fn
-    def pp_step(state, batch):
-        loss, grads = tx.pipeline.value_and_grad(model, state.params, batch)
-        return state.apply_gradients(grads=grads), {"loss": loss}
-
-    k = jax.random.split(jax.random.PRNGKey(0), 4)
-    params = {
-        "embed": {"w": jax.random.normal(k[0], (4, 8)) * 0.5},
-        "blocks": {"w": jax.random.normal(k[1], (2, 8, 8)) * 0.3},
-        "head": {"w": jax.random.normal(k[2], (8, 2)) * 0.5},
-    }
-    batch = {"x": jax.random.normal(k[3], (8, 4)), "y": jnp.ones((8, 2))}
+    batch = {"x": jax.random.normal(jax.random.PRNGKey(5), (8, 4)), "y": jnp.ones((8, 2))}
     runs = {}
     for name, precision in (("f32", None), ("f16", tx.Precision(compute="float16", loss_scale_init=256.0))):
-        engine = tx.Engine(
-            mesh=tx.MeshSpec(axes=("data", "pipe"), shape=(2, 2), devices=4),
-            plan=tx.Plan(
-                data_parallel=tx.DP(axis="data"),
-                pipeline_parallel=tx.PP(axis="pipe", microbatches=2),
-                precision=precision,
-            ),
-            optimizer=tx.optim.sgd(0.1),
-        )
+        engine, pp_step, params = tiny_engine_and_step(precision=precision, microbatches=2)
         state = engine.create_state(params)
         losses = []
         for _ in range(3):
@@ -223,6 +199,6 @@ def test_float16_pipeline_scales_the_loss_and_tracks_float32():
             losses.append(float(metrics["loss"]))
         runs[name] = (losses, engine, metrics)
     np.testing.assert_allclose(runs["f16"][0], runs["f32"][0], rtol=1e-2)
-    assert float(runs["f16"][2]["loss_scale"]) == 256.0
+    assert float(runs["f16"][2]["loss_scale"]) == 256.0 and float(runs["f16"][2]["overflow"]) == 0.0
     finite = [c for c in runs["f16"][1].ir.collectives() if c.name == "grad_finite"]
     assert [c.axes for c in finite] == [("pipe",)]

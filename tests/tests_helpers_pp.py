@@ -6,13 +6,17 @@ import jax.numpy as jnp
 import titanax as tx
 
 
-def tiny_engine_and_step():
+def tiny_engine_and_step(precision=None, microbatches=4):
     model = tx.PipelineModel(
         first=lambda o, mb: mb["x"] @ o["embed"]["w"],
         block=lambda layer, x: jnp.tanh(x @ layer["w"]),
         last=lambda o, x, mb: jnp.mean((x @ o["head"]["w"] - mb["y"]) ** 2),
     )
-    plan = tx.Plan(data_parallel=tx.DP(axis="data"), pipeline_parallel=tx.PP(axis="pipe", microbatches=4))
+    plan = tx.Plan(
+        data_parallel=tx.DP(axis="data"),
+        pipeline_parallel=tx.PP(axis="pipe", microbatches=microbatches),
+        precision=precision,
+    )
     engine = tx.Engine(
         mesh=tx.MeshSpec(axes=("data", "pipe"), shape=(2, 2), devices=4), plan=plan, optimizer=tx.optim.sgd(0.1)
     )
