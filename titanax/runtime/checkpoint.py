@@ -224,14 +224,7 @@ class Checkpointer:
                 f"{where} is not a Titanax checkpoint (it has no 'meta' item)",
                 "point Checkpoint(...) at a directory that Titanax saved into, or at an empty one",
             )
-        try:
-            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-        except Exception as err:  # noqa: BLE001 - any read failure means the same to the user
-            raise _error(
-                "TX702",
-                f"checkpoint {where} cannot be read: {type(err).__name__}: {str(err)[:300]}",
-                "the files are damaged or incomplete; restore an older step or delete this one",
-            ) from None
+        meta = self._read(step, ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
             raise _error(
@@ -277,16 +270,7 @@ class Checkpointer:
         if fresh_loss_scale:
             # Saved without loss scaling, restored under float16: the scale starts fresh.
             del abstract["loss_scale"]
-        try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-            ).state
-        except Exception as err:  # noqa: BLE001 - any read failure means the same to the user
-            raise _error(
-                "TX702",
-                f"checkpoint {self.directory / str(step)} cannot be read: {type(err).__name__}: {str(err)[:300]}",
-                "the files are damaged or incomplete; restore an older step (step=...) or delete this one",
-            ) from None
+        restored = self._read(step, ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
         # orbax rebuilds containers as plain tuples and dicts; put the leaves back into the template's types.
         tree = {key: restored[key] for key in wanted if key in restored}
         if fresh_loss_scale:
@@ -294,6 +278,17 @@ class Checkpointer:
             tree["loss_scale"] = jax.tree.map(lambda x: x.copy(), wanted["loss_scale"])
         leaves = jax.tree.leaves(tree)
         return jax.tree.unflatten(jax.tree.structure(wanted), leaves), meta
+
+    def _read(self, step: int, args: Any) -> Any:
+        """orbax's restore of ``args``; any failure to read is TX702 (damaged or incomplete files)."""
+        try:
+            return self.manager.restore(step, args=args)
+        except Exception as err:  # noqa: BLE001 - any read failure means the same to the user
+            raise _error(
+                "TX702",
+                f"checkpoint {self.directory / str(step)} cannot be read: {type(err).__name__}: {str(err)[:300]}",
+                "the files are damaged or incomplete; restore an older step (step=...) or delete this one",
+            ) from None
 
     def _check_matches(self, template: Any, meta: dict[str, Any], step: int) -> None:
         """A checkpoint of another model or optimizer is TX703, listing the differences."""
