@@ -164,3 +164,18 @@ def test_initialize_alone_is_a_no_op_and_partial_settings_are_refused():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TITANAX_", "SLURM_"))}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert result.stdout.split() == ["False", "TX742"], result.stderr[-2000:]
+
+
+def test_launch_from_another_thread_still_stops_every_rank():
+    import threading
+
+    results = []
+    failing = [
+        sys.executable,
+        "-c",
+        "import os, sys, time\nif os.environ['TITANAX_PROCESS_ID'] == '0': sys.exit(2)\ntime.sleep(60)",
+    ]
+    worker = threading.Thread(target=lambda: results.append(launch(failing, processes=2)))
+    worker.start()
+    worker.join(timeout=30)
+    assert results and (results[0].status, results[0].failed_rank) == (2, 0)

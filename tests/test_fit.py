@@ -177,3 +177,12 @@ def test_fit_refuses_a_step_that_applies_no_gradients():
     data = tx.data.ArrayLoader(arrays(), batch_size=16)
     with pytest.raises(tx.TrainingError, match="TX720.*eval_step.*never calls"):
         engine.fit(eval_step, data, steps=3, progress=False, state=engine.create_state(init_mlp()))
+
+
+def test_loader_and_logger_options_are_checked():
+    with pytest.raises(tx.TrainingError, match="TX731.*seed"):
+        tx.data.ArrayLoader(arrays(), batch_size=16, seed=-1)
+    with pytest.raises(tx.TrainingError, match="TX731.*scalars"):
+        tx.data.ArrayLoader({"x": np.zeros((4, 1)), "n": np.float32(3)}, batch_size=2)
+    with pytest.raises(tx.TrainingError, match="TX722.*precision"):
+        tx.loggers.Basic(precision="6")

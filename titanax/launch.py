@@ -164,7 +164,11 @@ def launch(
             if child.poll() is None:
                 _signal_group(child, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # Python lets only the main thread install signal handlers; called from another thread,
+    # launch still stops every rank on a failure but leaves signal forwarding to the caller.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    handled = (signal.SIGINT, signal.SIGTERM) if on_main_thread else ()
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
     result = LaunchResult(status=0)
     try:
         while True:

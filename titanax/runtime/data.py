@@ -69,7 +69,19 @@ class ArrayLoader:
             raise TrainingError.single(
                 "TX731", "ArrayLoader needs a non-empty dict of arrays", 'pass {"x": images, "y": labels}'
             )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 or not isinstance(shuffle, bool):
+            raise TrainingError.single(
+                "TX731",
+                f"ArrayLoader(seed={seed!r}, shuffle={shuffle!r}): seed must be a non-negative integer and "
+                "shuffle True or False",
+                "e.g. ArrayLoader(arrays, 128, shuffle=True, seed=0)",
+            )
         self.arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        scalars = sorted(name for name, value in self.arrays.items() if value.ndim == 0)
+        if scalars:
+            raise TrainingError.single(
+                "TX731", f"ArrayLoader arrays {scalars} are scalars", "every array needs one row per example"
+            )
         lengths = {name: len(value) for name, value in self.arrays.items()}
         if len(set(lengths.values())) != 1:
             raise TrainingError.single(

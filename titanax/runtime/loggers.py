@@ -77,6 +77,10 @@ class Basic:
 
     def __init__(self, every: int = 1, stream: TextIO | None = None, precision: int = 6):
         self.every = _check_every("Basic", every)
+        if isinstance(precision, bool) or not isinstance(precision, int) or not 1 <= precision <= 17:
+            raise TrainingError.single(
+                "TX722", f"Basic(precision={precision!r}) must be a number of digits from 1 to 17", "e.g. precision=6"
+            )
         self.precision = precision
         self._stream = stream
         self._active = _on_process_zero()
