@@ -49,6 +49,14 @@ def _check_every(owner: str, every: int) -> int:
     return every
 
 
+def _check_open(owner: str, handle: object, step: int, where: os.PathLike[str]) -> None:
+    # A closed logger would silently drop the row; say so instead.
+    if handle is None:
+        raise TrainingError.single(
+            "TX722", f"{owner}.log(step={step}) after close() of {where}", "log before engine.close()"
+        )
+
+
 def _on_process_zero() -> bool:
     # Under `titanax launch` the rank is known from the launcher before JAX starts. Asking JAX
     # would start its backend, after which the Engine could no longer join the other processes.
@@ -157,10 +165,7 @@ class CSV:
         """Append the row for ``step``, widening the header first if ``metrics`` has new names."""
         if not self._active:
             return
-        if self._file is None:
-            raise TrainingError.single(
-                "TX722", f"CSV.log(step={step}) after close() of {self.path}", "log before engine.close()"
-            )
+        _check_open("CSV", self._file, step, self.path)
         _check_reserved("CSV", metrics, ("step",))
         new = set(metrics) - set(self._fieldnames)
         if new or not self._fieldnames:
@@ -210,10 +215,7 @@ class JSONL:
         """Append the line for ``step``."""
         if not self._active:
             return
-        if self._file is None:
-            raise TrainingError.single(
-                "TX722", f"JSONL.log(step={step}) after close() of {self.path}", "log before engine.close()"
-            )
+        _check_open("JSONL", self._file, step, self.path)
         _check_reserved("JSONL", metrics, ("step", "time"))
         record = {"step": step, "time": time.time(), **{name: _json_value(metrics[name]) for name in sorted(metrics)}}
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
@@ -250,10 +252,7 @@ class TensorBoard:
         """Add one scalar per metric at ``step`` and flush them to the event file."""
         if not self._active:
             return
-        if self._writer is None:
-            raise TrainingError.single(
-                "TX722", f"TensorBoard.log(step={step}) after close() of {self.logdir}", "log before engine.close()"
-            )
+        _check_open("TensorBoard", self._writer, step, self.logdir)
         for name in sorted(metrics):
             self._writer.add_scalar(name, float(metrics[name]), global_step=step)
         self._writer.flush()
