@@ -50,23 +50,27 @@ class Precision:
                 )
         init, interval = self.loss_scale_init, self.loss_scale_growth_interval
         if isinstance(init, bool) or not isinstance(init, int | float) or not 1.0 <= init <= 2.0**24:
-            raise PlanError(
-                Diagnostic(
-                    code="TX204",
-                    message=f"Precision(loss_scale_init={init!r}) must be a number between 1 and 2**24",
-                    hint="the usual start is 2**15 = 32768; the scale adapts from there",
-                    location=self.location,
-                )
+            self._invalid(
+                f"loss_scale_init={init!r}",
+                "a number between 1 and 2**24",
+                "the usual start is 2**15 = 32768; the scale adapts from there",
             )
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-            raise PlanError(
-                Diagnostic(
-                    code="TX204",
-                    message=f"Precision(loss_scale_growth_interval={interval!r}) must be a positive integer",
-                    hint="the usual value is 2000 finite steps between doublings",
-                    location=self.location,
-                )
+            self._invalid(
+                f"loss_scale_growth_interval={interval!r}",
+                "a positive integer",
+                "the usual value is 2000 finite steps between doublings",
             )
+
+    def _invalid(self, setting: str, requirement: str, hint: str) -> None:
+        raise PlanError(
+            Diagnostic(
+                code="TX204",
+                message=f"Precision({setting}) must be {requirement}",
+                hint=hint,
+                location=self.location,
+            )
+        )
 
     @property
     def loss_scaling(self) -> str:
