@@ -130,7 +130,8 @@ class Engine:
         """How many batches the training data has delivered (saved in checkpoints, restored by fit)."""
         self._checkpointer: Checkpointer | None = None
         self.last_state: TrainState | None = None
-        """The state :meth:`create_state` last returned; :meth:`fit` trains it when given no ``state``."""
+        """The newest state :meth:`create_state`, :meth:`restore` or :meth:`fit` produced; :meth:`fit`
+        trains it when given no ``state``."""
         self.eval_history: list[tuple[int, dict[str, float]]] = []
         """``(step, metrics)`` of every evaluation :meth:`fit` ran."""
 
