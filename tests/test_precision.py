@@ -61,13 +61,11 @@ def test_under_a_policy_the_ir_still_lists_every_collective_byte():
         hlo_bytes[c.op] += c.result_bytes
     for c in ir.collectives():
         ir_bytes[c.op] += c.payload_bytes
-    # XLA's CPU backend computes bfloat16 all-reduces in float32, so the HLO moves twice the
-    # bytes of the bf16 activation reductions the IR lists (GPU backends keep bf16). The
-    # lowering's own collectives (gradients, metrics) are float32 in both.
-    user = sum(c.payload_bytes for c in ir.collectives() if c.origin == "user")
-    lowering = sum(c.payload_bytes for c in ir.collectives() if c.origin == "lowering")
+    # XLA's CPU backend computes bfloat16 all-reduces in float32; the IR, annotated for this
+    # backend, says so (GPU backends keep bf16), so its bytes are the compiled program's.
     assert set(hlo_bytes) == set(ir_bytes) == {"all-reduce"}
-    assert hlo_bytes["all-reduce"] == lowering + 2 * user
+    assert hlo_bytes == ir_bytes
+    assert all(c.dtypes == ("float32",) for c in ir.collectives())
     assert all("titanax/nn/layers.py" in c.name for c in ir.collectives() if c.origin == "user")
     # Gradients are synchronised in the master dtype, float32.
     local = sum(np.prod(n.local_shape) for n in ir.params()) * 4

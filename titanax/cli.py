@@ -5,6 +5,7 @@ Examples::
     titanax check plans/*.tx
     titanax compile plans/3d.tx --dump-ir --format dot | dot -Tsvg > plan.svg
     titanax compile examples/gpt_small/plans/dp_tp.tx --model --devices 8
+    titanax audit examples/gpt_small/plans/dp_tp.tx --devices 8
     titanax fmt plans/3d.tx --check
     titanax plan --mesh data=4,model=2 --dp data --devices 8
 """
@@ -20,7 +21,7 @@ from titanax import __version__
 from titanax.errors import MeshError, PlanError, TitanaxError
 from titanax.frontend import DP, MeshSpec, Plan
 from titanax.frontend.language import SourceFile, format_plan, parse
-from titanax.ir import PlanIR, ir_to_dot, ir_to_json, print_ir
+from titanax.ir import PlanIR, ir_to_dot, ir_to_json, print_ir, schedule_from_ir
 from titanax.loader import LoadedPlan, load_plan, read_source
 from titanax.passes import (
     DEFAULT_PASSES,
@@ -30,7 +31,6 @@ from titanax.passes import (
     compile_plan,
     parse_pipeline,
     print_after_each,
-    schedule_from_ir,
     verify_after_each,
 )
 
@@ -92,6 +92,12 @@ def _bytes_text(count: int | None) -> str:
     return f": {count} B"
 
 
+def _runs_text(collective) -> str:
+    if collective.executions is None:
+        return f"once per {collective.cadence}, trip count unknown"
+    return f"{collective.executions} times per step, once per {collective.cadence}"
+
+
 def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
     axes = " x ".join(f"{a.name}={a.size}" for a in ir.axes())
     count = ir.mesh().device_count
@@ -109,24 +115,38 @@ def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
     collectives = ir.collectives()
     for collective in collectives:
         reduction = f" {collective.reduction}" if collective.reduction else ""
+        runs = f", {_runs_text(collective)}" if collective.executions != 1 else ""
         lines.append(
             f"  collective {collective.name}: {collective.op}{reduction} of {collective.operand} over "
-            f"{', '.join(collective.axes)} (group of {collective.group_size}){_bytes_text(collective.payload_bytes)}"
+            f"{', '.join(collective.axes)} (group of {collective.group_size}{runs}){_bytes_text(collective.payload_bytes)}"
         )
+    known = [c for c in collectives if c.executions is not None]
     if collectives and all(c.payload_bytes is not None for c in collectives):
-        schedule = schedule_from_ir(ir)
-        ticks = schedule.ticks if schedule is not None else 1
-        # The pipeline's permutes run once per tick; everything else once per step.
-        runs = [ticks if c.op == "collective-permute" and c.name.startswith("pp_") else 1 for c in collectives]
-        total = sum(c.payload_bytes * n for c, n in zip(collectives, runs, strict=True))
-        lines.append(f"  {sum(runs)} collectives per step, {_bytes_text(total)[2:]} per device")
+        # Each node says how many times it runs per step (pipeline permutes once per tick).
+        total = sum(c.payload_bytes * c.executions for c in known)
+        unknown = len(collectives) - len(known)
+        more = f" (+{unknown} in loops of unknown length)" if unknown else ""
+        lines.append(
+            f"  {sum(c.executions for c in known)} collectives per step{more}, {_bytes_text(total)[2:]} per device"
+        )
     if loaded.model and not ir.params():
         lines.append(f"  model {loaded.model} (named in the file, not imported; add --model to trace it)")
     return "\n".join(lines) + "\n"
 
 
-def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None) -> PlanIR:
-    """Build the Engine for the plan, lay out the model's parameters and trace its step."""
+def _model_entry(loaded: LoadedPlan, model: str) -> str:
+    entry = model or loaded.model
+    if not entry:
+        raise PlanError.single(
+            "TX231",
+            f"--model names no entry point and {loaded.path} has no model statement",
+            'use --model package.module:function, or add model "package.module:function" to the file',
+        )
+    return entry
+
+
+def _workload_state(loaded: LoadedPlan, entry: str, devices: int | None):
+    """Build the Engine for the plan and lay out the model's parameters: ``(workload, state)``."""
     if devices is not None and "jax" not in sys.modules:
         # On CPU, simulate the devices the plan needs (ignored by GPU and TPU backends).
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
@@ -134,21 +154,39 @@ def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None) -> PlanIR:
 
     workload = load_workload(entry, loaded.model_location if entry == loaded.model else None)
     engine = Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=workload.optimizer)
-    state = engine.create_state(workload.params)
+    return workload, engine.create_state(workload.params)
+
+
+def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None) -> PlanIR:
+    """Build the Engine for the plan, lay out the model's parameters and trace its step."""
+    workload, state = _workload_state(loaded, entry, devices)
     return workload.step.plan_ir(state, workload.batch)
+
+
+# -- titanax audit -----------------------------------------------------------------
+def _cmd_audit(args: argparse.Namespace) -> int:
+    loaded = load_plan(args.file, validate=False)
+    workload, state = _workload_state(loaded, _model_entry(loaded, args.model or ""), args.devices)
+    audit = workload.step.audit(state, workload.batch)
+    sys.stdout.write(audit.table())
+    if audit.ok:
+        print(f"{loaded.path}: ok: the compiled step communicates exactly what the IR lists")
+        return 0
+    wrong = [row for row in audit.rows if not row.ok]
+    print(
+        f"titanax: error[TX904]: {loaded.path}: the compiled step and the IR differ in {len(wrong)} row(s)"
+        + (f" and {len(audit.unreadable)} unreadable collective(s)" if audit.unreadable else "")
+        + "\n  hint: rows marked NOT IN IR communicate something the IR does not list; MISMATCH rows move other "
+        "bytes or dtypes than it says (XLA merges identical collectives: give them distinct operands)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     loaded = load_plan(args.file, validate=False)
     if args.model is not None:
-        entry = args.model or loaded.model
-        if not entry:
-            raise PlanError.single(
-                "TX231",
-                f"--model names no entry point and {loaded.path} has no model statement",
-                'use --model package.module:function, or add model "package.module:function" to the file',
-            )
-        ir = _trace_model(loaded, entry, args.devices)
+        ir = _trace_model(loaded, _model_entry(loaded, args.model), args.devices)
     else:
         passes = _parse_pass_list(args.passes, DEFAULT_PASSES)
         callbacks = [verify_after_each]
@@ -316,6 +354,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_pipeline_flags(compile_)
     compile_.set_defaults(run=_cmd_compile)
+
+    audit = _subcommand(
+        sub,
+        "audit",
+        "compile a model's step and check its collectives against the IR",
+        "Import the model's tx.Workload (the file's model statement, or --model), compile its step for the plan on "
+        "the devices present, and print the IR's collectives and the compiled HLO's side by side, one row per kind, "
+        "mesh axes, reduction, permute pairs and runs per step, with bytes and dtypes. Exit 1 on any difference, "
+        "including an HLO collective the IR does not list. Imports JAX and runs the model's code.",
+        "titanax audit examples/gpt_small/plans/dp_tp.tx --devices 8",
+    )
+    audit.add_argument("file", help="the .tx plan file")
+    audit.add_argument("--model", metavar="MODULE:FUNCTION", help="the tx.Workload entry point (default: the file's)")
+    audit.add_argument("--devices", type=int, help="simulated CPU devices (sets XLA_FLAGS before JAX starts)")
+    audit.set_defaults(run=_cmd_audit)
 
     check = _subcommand(
         sub,

@@ -23,7 +23,7 @@ from titanax.passes import (
     passes_by_name,
     verify_after_each,
 )
-from titanax.passes.pipeline import PassCallback
+from titanax.passes.manager import PassCallback
 
 __all__ = ["LoadedPlan", "load_plan", "read_source"]
 

@@ -14,12 +14,14 @@ from titanax.errors import Location
 
 __all__ = [
     "AxisNode",
+    "Cadence",
     "CollectiveNode",
     "DataParallelNode",
     "EdgeKind",
     "MeshNode",
     "Node",
     "NodeKind",
+    "Operand",
     "ParamNode",
     "PipelineParallelNode",
     "PrecisionNode",
@@ -41,6 +43,43 @@ COLLECTIVE_OPS = ("all-reduce", "all-gather", "reduce-scatter", "collective-perm
 
 REDUCTIONS = ("mean", "sum", "max", "min")
 """Reductions an all-reduce or reduce-scatter may perform."""
+
+
+class Operand(StrEnum):
+    """What a collective communicates. The lowering finds the collectives it must emit by this
+    kind (and the IR node's id), never by a collective's name."""
+
+    GRADIENTS = "gradients"
+    """The gradients of every parameter, synchronised over the data-parallel axes."""
+    METRICS = "metrics"
+    """The step's metrics (the returned dict), reduced over the data-parallel axes."""
+    NONFINITE_COUNT = "nonfinite_count"
+    """The int32 count of non-finite gradient values under float16 loss scaling."""
+    STAGE_ACTIVATIONS = "stage_activations"
+    """Activations one pipeline stage sends to the next, once per tick."""
+    STAGE_COTANGENTS = "stage_cotangents"
+    """Cotangents one pipeline stage sends to the previous one, once per tick."""
+    REPLICATED_GRADIENTS = "replicated_gradients"
+    """Gradients of parameters every pipeline stage holds whole, summed over the pipeline axis."""
+    PIPELINE_LOSS = "pipeline_loss"
+    """The loss the last pipeline stage computes, summed over the pipeline axis."""
+    ACTIVATIONS = "activations"
+    """A value of the user's forward computation (a traced collective)."""
+    COTANGENTS = "cotangents"
+    """A value of the backward computation autodiff derived from the user's code (a traced collective)."""
+
+
+class Cadence(StrEnum):
+    """How often a collective runs; its node's ``executions`` says how many times per step."""
+
+    STEP = "step"
+    """Once per step."""
+    MICROBATCH = "microbatch"
+    """Once per accumulation microbatch (inside the accumulation loop)."""
+    TICK = "tick"
+    """Once per pipeline tick (inside the loop over the schedule's ticks)."""
+    TRACED = "traced"
+    """As often as the loops around it in the traced step run (user code: loops over layers, ticks...)."""
 
 
 class NodeKind(StrEnum):
@@ -249,21 +288,31 @@ class CollectiveNode(Node):
     kind = NodeKind.COLLECTIVE
     type_name = "collective"
     name: str
+    """A label for people (``grad_sync``, or the user source line of a traced one); nothing reads it."""
     op: str
     """One of :data:`COLLECTIVE_OPS`."""
     reduction: str | None
-    """``mean`` or ``sum`` for reductions, else ``None``."""
+    """One of :data:`REDUCTIONS` for an all-reduce or reduce-scatter, else ``None``."""
     axes: tuple[str, ...]
-    operand: str
-    """What is communicated: ``gradients``, ``metrics``, ``activations``..."""
+    operand: Operand
+    """What is communicated; the lowering emits Titanax's own collectives by this kind."""
     origin: str
     """``lowering`` (inserted by Titanax) or ``user`` (traced from the step function)."""
     group_size: int
     """Devices in each group; 1 means the collective moves nothing between devices
     (XLA still keeps it as a trivial instruction)."""
+    permutation: tuple[tuple[int, int], ...] = ()
+    """For a collective-permute: ``(source, target)`` positions along its one axis."""
+    cadence: Cadence = Cadence.STEP
+    """How often it runs."""
+    executions: int | None = 1
+    """How many times it runs per step (``None``: inside a loop whose trip count is not static)."""
+    dtypes: tuple[str, ...] = ()
+    """Element types it moves on the target backend (sorted), once shapes are known. XLA:CPU
+    all-reduces 16-bit floats in float32, so the IR annotated for CPU says ``float32`` there."""
     payload_bytes: int | None = None
-    """Size in bytes of the operand on one device per step, once shapes are known
-    (what the HLO instruction's result holds; wire traffic depends on the algorithm)."""
+    """Bytes of the result on one device per execution, on the target backend, once shapes are
+    known (what the HLO instruction's result holds; wire traffic depends on the algorithm)."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import networkx as nx
 
 from titanax.errors import Diagnostic, IRVerificationError
+from titanax.ir.backend import DTYPE_BYTES
 from titanax.ir.graph import PlanIR
 from titanax.ir.nodes import (
     COLLECTIVE_OPS,
@@ -18,12 +19,15 @@ from titanax.ir.nodes import (
     REDUCTIONS,
     UNRESOLVED_SIZE,
     AxisNode,
+    Cadence,
     CollectiveNode,
     EdgeKind,
     MeshNode,
     Node,
+    Operand,
     ParamNode,
     PipelineParallelNode,
+    ScheduleOpNode,
     ShardRuleNode,
     StageNode,
     TensorParallelNode,
@@ -91,6 +95,36 @@ def _check_collective(ir: PlanIR, node_id: str, node: CollectiveNode) -> list[Di
         expected = ir.group_size(node.axes)
         if node.group_size != expected:
             problems.append(_problem(f"collective %{node_id} has group_size {node.group_size}, axes give {expected}"))
+    return problems + _check_collective_types(ir, node_id, node, sizes)
+
+
+def _check_collective_types(ir: PlanIR, node_id: str, node: CollectiveNode, sizes: dict[str, int]) -> list[Diagnostic]:
+    """The typed attributes lowering reads: operand and cadence enums, permute pairs, runs per step, dtypes."""
+    problems = []
+    if not isinstance(node.operand, Operand):
+        problems.append(_problem(f"collective %{node_id} has operand {node.operand!r}, not an Operand"))
+    if not isinstance(node.cadence, Cadence):
+        problems.append(_problem(f"collective %{node_id} has cadence {node.cadence!r}, not a Cadence"))
+    if node.op == "collective-permute" and node.origin == "lowering":
+        axis_size = sizes.get(node.axes[0], UNRESOLVED_SIZE) if len(node.axes) == 1 else UNRESOLVED_SIZE
+        sources, targets = [s for s, _ in node.permutation], [t for _, t in node.permutation]
+        if not node.permutation or len(set(sources)) != len(sources) or len(set(targets)) != len(targets):
+            problems.append(_problem(f"permute %{node_id} needs (source, target) pairs, each end once"))
+        elif axis_size > 0 and not all(0 <= i < axis_size for i in sources + targets):
+            problems.append(_problem(f"permute %{node_id} pairs {node.permutation} leave axis size {axis_size}"))
+    elif node.op != "collective-permute" and node.permutation:
+        problems.append(_problem(f"{node.op} %{node_id} has permutation pairs; only a permute has them"))
+    if node.executions is not None and node.executions < 1:
+        problems.append(_problem(f"collective %{node_id} runs {node.executions} times per step"))
+    if node.cadence == Cadence.STEP and node.executions != 1:
+        problems.append(_problem(f"collective %{node_id} runs once per step but says executions={node.executions}"))
+    if node.cadence == Cadence.TICK:
+        ticks = 1 + max((op.tick for _, op in ir.items(ScheduleOpNode)), default=-1)
+        if ticks and node.executions != ticks:
+            problems.append(_problem(f"collective %{node_id} runs once per tick: {ticks} times, not {node.executions}"))
+    unknown = [d for d in node.dtypes if d not in DTYPE_BYTES]
+    if unknown or list(node.dtypes) != sorted(set(node.dtypes)):
+        problems.append(_problem(f"collective %{node_id} has dtypes {node.dtypes}: known names, sorted, once each"))
     return problems
 
 

@@ -1,36 +1,107 @@
-"""Emit the collectives the IR declares, and nothing else.
+"""The one emitter of the collectives the IR declares, and the varying-type helpers around it.
 
-Each :class:`~titanax.ir.CollectiveNode` becomes one ``lax`` collective applied
-to every leaf of its operand. The lowering never adds a collective the IR does
-not list, which is what lets tests compare compiled HLO against the IR.
+Every collective Titanax inserts (the data-parallel gradient and metric
+all-reduces, the pipeline's permutes and all-reduces, the float16 overflow
+count) is emitted by :func:`emit` from its :class:`~titanax.ir.CollectiveNode`:
+the op, reduction, axes and permutation pairs come from the node, never from a
+name. Each runs under the named scope ``titanax:<node id>``, so the trace of a
+step can check every emitted collective against its node
+(:func:`titanax.lowering.trace.check_emitted`) and tell them apart from the
+collectives the user's code performs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 from jax import lax
 
+from titanax.errors import Diagnostic, IRVerificationError
 from titanax.ir import CollectiveNode
 
-__all__ = ["emit_collective", "emit_collectives", "ensure_varying", "make_varying", "varying_axes"]
+__all__ = [
+    "TITANAX_SCOPE",
+    "IRCollective",
+    "collective_scope",
+    "emit",
+    "ensure_varying",
+    "make_varying",
+    "node_id_of_scope",
+    "varying_axes",
+]
+
+TITANAX_SCOPE = "titanax"
+"""Prefix of the named scope around each collective the lowering emits from the IR."""
 
 
-def emit_collective(node: CollectiveNode, tree: Any) -> Any:
-    """Apply the collective ``node`` to every array in ``tree``."""
-    if node.op != "all-reduce" or node.reduction not in ("mean", "sum"):
-        raise NotImplementedError(f"lowering of collective {node.op}/{node.reduction} is not implemented")
-    reduce = lax.pmean if node.reduction == "mean" else lax.psum
-    return jax.tree.map(lambda x: reduce(x, node.axes), tree)
+def collective_scope(node_id: str) -> str:
+    """The named scope of the collectives emitted for IR node ``node_id``."""
+    return f"{TITANAX_SCOPE}:{node_id}"
 
 
-def emit_collectives(nodes: Sequence[CollectiveNode], tree: Any) -> Any:
-    """Apply ``nodes`` to ``tree`` in order."""
-    for node in nodes:
-        tree = emit_collective(node, tree)
-    return tree
+def node_id_of_scope(name_stack: str) -> str | None:
+    """The IR node id named by a ``titanax:<id>`` scope in ``name_stack``, or ``None``."""
+    for part in name_stack.split("/"):
+        # Autodiff wraps scopes as "transpose(jvp(titanax:collective.x))": strip the wrappers.
+        inner = part
+        while inner.endswith(")") and "(" in inner:
+            inner = inner[inner.index("(") + 1 : -1]
+        if inner.startswith(TITANAX_SCOPE + ":"):
+            return inner[len(TITANAX_SCOPE) + 1 :]
+    return None
+
+
+def _not_lowerable(node_id: str, node: CollectiveNode) -> IRVerificationError:
+    return IRVerificationError(
+        [
+            Diagnostic(
+                code="TX903",
+                message=f"collective %{node_id} ({node.op}, reduction {node.reduction}) has no lowering",
+                hint="this is a Titanax bug; please report it with the IR dump",
+            )
+        ]
+    )
+
+
+def _emit_leaf(node_id: str, node: CollectiveNode, x: Any) -> Any:
+    axes = node.axes
+    if node.op == "all-reduce":
+        if node.reduction == "mean":
+            return lax.pmean(x, axes)
+        if node.reduction == "sum":
+            return lax.psum(x, axes)
+        if node.reduction in ("max", "min"):
+            # pmax/pmin have no derivative: the result is treated as a constant.
+            reduce = lax.pmax if node.reduction == "max" else lax.pmin
+            return reduce(lax.stop_gradient(x), axes)
+    elif node.op == "collective-permute":
+        return lax.ppermute(x, axes, perm=node.permutation)
+    elif node.op == "all-gather":
+        return lax.all_gather(x, axes, axis=0, tiled=True)
+    elif node.op == "reduce-scatter" and node.reduction == "sum":
+        return lax.psum_scatter(x, axes, scatter_dimension=0, tiled=True)
+    raise _not_lowerable(node_id, node)
+
+
+def emit(node_id: str, node: CollectiveNode, tree: Any) -> Any:
+    """Apply the collective ``node`` (stored under ``node_id``) to every array in ``tree``."""
+    with jax.named_scope(collective_scope(node_id)):
+        return jax.tree.map(lambda x: _emit_leaf(node_id, node, x), tree)
+
+
+@dataclass(frozen=True)
+class IRCollective:
+    """A collective node of the IR with its id: what the lowering holds to emit it."""
+
+    node_id: str
+    node: CollectiveNode
+
+    def __call__(self, tree: Any) -> Any:
+        """Emit the collective on every array of ``tree``."""
+        return emit(self.node_id, self.node, tree)
 
 
 def make_varying(tree: Any, axes: tuple[str, ...]) -> Any:

@@ -19,7 +19,15 @@ import jax
 
 from titanax.errors import StepFnError
 
-__all__ = ["StepContext", "StepState", "active_step_context", "outside_step_context"]
+__all__ = [
+    "StepContext",
+    "StepState",
+    "TraceRecorder",
+    "active_recorder",
+    "active_step_context",
+    "outside_step_context",
+    "recording",
+]
 
 
 class StepState(Protocol):
@@ -44,6 +52,39 @@ class StepState(Protocol):
 _ACTIVE: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar("titanax_step", default=None)
 
 
+class TraceRecorder:
+    """What one trace of a step learns that the jaxpr does not show; read once the trace ends.
+
+    :meth:`CompiledStep.trace <titanax.lowering.step.CompiledStep.trace>` makes a fresh one per
+    trace and turns it into an immutable report; nothing is written onto long-lived objects.
+    """
+
+    def __init__(self) -> None:
+        self.applies_update: bool | None = None
+        """Whether the step called ``apply_gradients`` (evaluation steps do not)."""
+        self.stage_flops: tuple[float, ...] = ()
+        """Forward FLOPs per microbatch of each pipeline stage (XLA's cost analysis), under PP."""
+
+
+_RECORDER: contextvars.ContextVar[TraceRecorder | None] = contextvars.ContextVar("titanax_recorder", default=None)
+
+
+def active_recorder() -> TraceRecorder | None:
+    """The recorder of the trace in progress, or ``None`` (a trace nobody asked to report on)."""
+    return _RECORDER.get()
+
+
+@contextlib.contextmanager
+def recording() -> Iterator[TraceRecorder]:
+    """Record the facts of the traces run inside the block into a fresh :class:`TraceRecorder`."""
+    recorder = TraceRecorder()
+    token = _RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _RECORDER.reset(token)
+
+
 def active_step_context() -> StepContext | None:
     """The context of the step being traced, or ``None`` outside a compiled step."""
     return _ACTIVE.get()
@@ -66,7 +107,7 @@ class StepContext:
         self,
         *,
         state: StepState,
-        update: Callable[[StepState, Any], StepState],
+        update: Callable[[StepState, Any], tuple[StepState, Any]],
         accumulate: bool,
         tp_axes: tuple[str, ...] = (),
         dp_axes: tuple[str, ...] = (),
@@ -96,6 +137,10 @@ class StepContext:
         self.pipeline = pipeline
         """The plan's :class:`~titanax.lowering.pipeline.PipelineProgram`, or ``None`` without PP."""
         self.grads: Any = None
+        self.overflow: Any = None
+        """Under float16 loss scaling, whether the applied gradients overflowed (a traced bool)."""
+        self.pipeline_used = False
+        """Set by ``tx.pipeline.value_and_grad`` once it ran the plan's schedule in this trace."""
         self.called = False
         self.returned: Any = None
         """Under accumulation, the state ``apply_gradients`` returned (edits after it cannot be kept)."""
@@ -141,4 +186,5 @@ class StepContext:
             return seen_state
         # Keep any edits the user made to the state, but update the replicated parameters:
         # the ones the user saw are marked varying only so that autodiff stays local.
-        return self._update(seen_state.replace(params=self._state.params), grads)
+        new_state, self.overflow = self._update(seen_state.replace(params=self._state.params), grads)
+        return new_state

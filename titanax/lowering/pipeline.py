@@ -17,13 +17,14 @@ Parameters the plan stacks as blocks are split over the pipeline axis; every
 other parameter is held whole by every stage, and its gradients (nonzero only
 on the first or last stage) are summed over the pipeline axis once. The loss,
 computed on the last stage, is summed over the axis the same way. These four
-collectives are the IR's ``pp_*`` nodes, emitted under the Titanax scope.
+collectives are the IR nodes the :class:`~titanax.lowering.step_plan.PipelinePlan` holds (found by
+their operand kind), emitted by the one emitter with the node's own pairs and axes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -32,11 +33,10 @@ import numpy as np
 from jax import lax
 
 from titanax.errors import PlanError
-from titanax.ir import CollectiveNode
+from titanax.ir import Schedule
 from titanax.lowering.collectives import ensure_varying, varying_axes
-from titanax.lowering.context import outside_step_context
-from titanax.lowering.trace import TITANAX_SCOPE
-from titanax.passes import Schedule
+from titanax.lowering.context import active_recorder, outside_step_context
+from titanax.lowering.step_plan import PipelinePlan
 
 __all__ = ["PipelineProgram", "cotangent_slots", "sequential_loss", "stash_slots"]
 
@@ -95,20 +95,29 @@ def cotangent_slots(schedule: Schedule) -> int:
 
 @dataclass(frozen=True)
 class PipelineProgram:
-    """The static part of a pipelined step: axis, table, and the IR's collectives."""
+    """The static part of a pipelined step: the plan's axis, table, blocks entry and collectives."""
 
-    axis: str
-    schedule: Schedule
-    blocks: str
-    collectives: dict[str, CollectiveNode]
-    balance_tolerance: float = 1.25
-    """Largest allowed ratio of the costliest stage's forward FLOPs to the cheapest's."""
-    traced_bytes: dict[str, int] = field(default_factory=dict, compare=False)
-    stage_flops: list[float] = field(default_factory=list, compare=False)
-    """Forward FLOPs per microbatch of each stage, from XLA's cost analysis at trace time."""
-    used: list[bool] = field(default_factory=list, compare=False)
-    """Appended to each time the step traces ``value_and_grad``, so the step can tell if it never did."""
-    """Bytes per device of each ``pp_*`` collective's operand, recorded when the step is traced."""
+    plan: PipelinePlan
+
+    @property
+    def axis(self) -> str:
+        """The pipeline axis."""
+        return self.plan.axis
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule table the program runs."""
+        return self.plan.schedule
+
+    @property
+    def blocks(self) -> str:
+        """The parameter entry holding the stacked blocks."""
+        return self.plan.blocks
+
+    @property
+    def balance_tolerance(self) -> float:
+        """Largest allowed ratio of the costliest stage's forward FLOPs to the cheapest's."""
+        return self.plan.balance_tolerance
 
     def tables(self) -> dict[str, np.ndarray]:
         """Per tick and stage: op (0 idle, 1 forward, 2 backward), microbatch, and the slots the
@@ -126,16 +135,6 @@ class PipelineProgram:
             if cell.kind == "B" and cell.stage > 0:
                 grad_slot[cell.tick, cell.stage - 1] = cell.microbatch % kg
         return {"op": op, "micro": micro, "act_slot": act_slot, "grad_slot": grad_slot}
-
-    def _emit(self, name: str, value: Any) -> Any:
-        node = self.collectives[name]
-        p = self.schedule.stages
-        with jax.named_scope(TITANAX_SCOPE):
-            if node.op == "all-reduce":
-                return jax.tree.map(lambda x: lax.psum(x, self.axis), value)
-            forward = name == "pp_activations"
-            perm = [(i, i + 1) for i in range(p - 1)] if forward else [(i, i - 1) for i in range(1, p)]
-            return lax.ppermute(value, self.axis, perm=perm)
 
     def _check_flops_balance(self, first, block, last, others, blocks, mb0) -> None:
         """Compare the forward FLOPs of the first, middle and last stages (XLA's cost analysis).
@@ -168,7 +167,9 @@ class PipelineProgram:
                 "last": per_block + flops(last, others, x, mb0),
             }
         costs = [kinds["first"]] + [kinds["middle"]] * (p - 2) + [kinds["last"]]
-        self.stage_flops[:] = costs
+        recorder = active_recorder()
+        if recorder is not None:
+            recorder.stage_flops = tuple(costs)
         if min(costs) > 0 and max(costs) / min(costs) > self.balance_tolerance:
             listing = ", ".join(f"stage {i}: {c:,.0f}" for i, c in enumerate(costs))
             heavy = "first" if costs[0] == max(costs) else "last" if costs[-1] == max(costs) else "middle"
@@ -189,16 +190,8 @@ class PipelineProgram:
             return (loss * loss_scale.astype(loss.dtype) if loss_scale is not None else loss), loss
 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        self.traced_bytes.update(
-            {
-                "pipeline-replicated gradients": sum(
-                    x.size * x.dtype.itemsize for n, g in grads.items() if n != self.blocks for x in jax.tree.leaves(g)
-                ),
-                "pipeline loss": 4,
-            }
-        )
-        others = self._emit("pp_replicated_grads", {n: g for n, g in grads.items() if n != self.blocks})
-        return self._emit("pp_loss", loss), {**others, self.blocks: grads[self.blocks]}
+        others = self.plan.replicated_gradients({n: g for n, g in grads.items() if n != self.blocks})
+        return self.plan.loss(loss), {**others, self.blocks: grads[self.blocks]}
 
     def value_and_grad(
         self,
@@ -214,7 +207,6 @@ class PipelineProgram:
         With a float16 ``loss_scale`` the backward starts from the scaled loss, so the
         gradients come back multiplied by it (the step unscales them); the loss does not.
         """
-        self.used.append(True)
         p, m = self.schedule.stages, self.schedule.microbatches
         if p == 1:
             return self._single_stage(first, block, last, params, batch, loss_scale)
@@ -237,15 +229,6 @@ class PipelineProgram:
 
         mb0 = jax.tree.map(lambda x: x[0], micro)
         act_aval = jax.eval_shape(f_first, others, blocks, mb0)
-        act_bytes = act_aval.size * act_aval.dtype.itemsize
-        self.traced_bytes.update(
-            {
-                "pipeline activations": act_bytes,
-                "pipeline cotangents": act_bytes,
-                "pipeline-replicated gradients": sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(others)),
-                "pipeline loss": 4,
-            }
-        )
         self._check_flops_balance(first, block, last, others, blocks, mb0)
         mid_aval = jax.eval_shape(run_blocks, blocks, _zeros_like_aval(act_aval))
         act_axes = varying_axes(act_aval) | varying_axes(mid_aval) | pipe
@@ -304,8 +287,8 @@ class PipelineProgram:
             act, grad, d_o, d_b, loss = lax.switch(branch, branches, others, blocks, x_in, g_in, mb)
             grads_o = jax.tree.map(jnp.add, grads_o, d_o)
             grads_b = jax.tree.map(jnp.add, grads_b, d_b)
-            received_act = self._emit("pp_activations", act)
-            received_grad = self._emit("pp_cotangents", grad)
+            received_act = self.plan.activations(act)
+            received_grad = self.plan.cotangents(grad)
             stash = lax.dynamic_update_index_in_dim(stash, received_act, row["act_slot"][stage], 0)
             cotangents = lax.dynamic_update_index_in_dim(cotangents, received_grad, row["grad_slot"][stage], 0)
             return (stash, cotangents, grads_o, grads_b, loss_sum + loss / m), None
@@ -314,6 +297,6 @@ class PipelineProgram:
         cotangents = jnp.broadcast_to(act_zero, (kg + 1, *act_zero.shape))
         carry = (stash, cotangents, *zero_grads, zero_loss)
         (_, _, grads_o, grads_b, loss_sum), _ = lax.scan(tick, carry, tables)
-        loss = self._emit("pp_loss", loss_sum)
-        grads_o = self._emit("pp_replicated_grads", grads_o)
+        loss = self.plan.loss(loss_sum)
+        grads_o = self.plan.replicated_gradients(grads_o)
         return loss, {**grads_o, self.blocks: grads_b}

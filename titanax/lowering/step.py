@@ -18,8 +18,12 @@ optimizer, and floating metrics are cast to the output dtype.
 
 The state's partition specs come from the IR's ``param`` nodes: replicated
 without tensor parallelism, split over the TP axes where a shard rule says so.
-Collectives the lowering inserts run under the named scope ``TITANAX_SCOPE``,
-so that tracing tells them apart from the ones the user's code performs.
+Everything else the program needs from the plan comes from one
+:class:`~titanax.lowering.step_plan.StepPlan` read from the IR when the step is
+built. Collectives the lowering inserts go through the one emitter
+(:func:`titanax.lowering.collectives.emit`), each under the scope of its IR
+node, so that tracing checks them against their nodes and tells them apart
+from the ones the user's code performs.
 """
 
 from __future__ import annotations
@@ -35,19 +39,26 @@ from jax.sharding import Mesh, NamedSharding
 
 from titanax.errors import BatchError, Diagnostic, StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering.collectives import emit_collectives, ensure_varying, make_varying
-from titanax.lowering.context import StepContext, StepState
+from titanax.lowering.collectives import IRCollective, ensure_varying, make_varying
+from titanax.lowering.context import StepContext, StepState, active_recorder, recording
 from titanax.lowering.loss_scale import nonfinite_count
 from titanax.lowering.pipeline import PipelineProgram
 from titanax.lowering.placement import global_shapes, place_global_batch
-from titanax.lowering.trace import TITANAX_SCOPE
-from titanax.passes import schedule_from_ir
+from titanax.lowering.report import StepReport
+from titanax.lowering.step_plan import StepPlan
+from titanax.lowering.trace import check_emitted, traced_collectives
 
 __all__ = ["CompiledStep", "replicated_spec"]
 
 P = jax.P
 
 UserStep = Callable[[Any, Any], tuple[Any, Any]]
+
+
+def _emit_all(collectives: tuple[IRCollective, ...], tree: Any) -> Any:
+    for collective in collectives:
+        tree = collective(tree)
+    return tree
 
 
 def replicated_spec(ndim: int) -> jax.sharding.PartitionSpec:
@@ -113,67 +124,71 @@ class CompiledStep:
         state_specs: Any = None,
         skip_nonfinite: bool = False,
     ):
-        dp, tp = ir.data_parallel(), ir.tensor_parallel()
-        self.tp_axes: tuple[str, ...] = tp.axes if tp else ()
-        self.sequence_parallel = bool(tp and tp.sequence_parallel)
         self.fn = fn
         self.ir = ir
         self.mesh = mesh
-        self.dp_axes: tuple[str, ...] = dp.axes if dp else ()
-        self.dp_size = ir.group_size(self.dp_axes)
-        self.accumulate_steps = dp.accumulate_steps if dp else 1
-        pp = ir.pipeline_parallel()
-        self.pipeline = (
-            PipelineProgram(
-                axis=pp.axes[0],
-                schedule=schedule_from_ir(ir),
-                blocks=pp.blocks,
-                collectives={c.name: c for c in ir.collectives() if c.name.startswith("pp_")},
-                balance_tolerance=pp.balance_tolerance,
-            )
-            if pp is not None
-            else None
-        )
-        self.microbatches = pp.microbatches if pp is not None else 1
-        self.precision = ir.precision()
+        self.plan = StepPlan.from_ir(ir)
+        """Everything the program reads from the plan, read once."""
+        self.pipeline = PipelineProgram(self.plan.pipeline) if self.plan.pipeline is not None else None
         self.skip_nonfinite = skip_nonfinite
-        self._grad_collectives = ir.collectives("gradients")
-        self._finite_collectives = ir.collectives("nonfinite_count")
-        self._overflow: Any = None
-        self.applies_update: bool | None = None
-        """Whether the step calls ``apply_gradients`` (known once traced; evaluation steps do not)."""
-        self._metric_collectives = ir.collectives("metrics")
-        batch_spec = P(self.dp_axes) if self.dp_axes else P()
+        self.report: StepReport | None = None
+        """What the first trace found (set before the first run, or by :meth:`trace`)."""
+        batch_spec = P(self.plan.dp_axes) if self.plan.dp_axes else P()
         self.batch_sharding = NamedSharding(mesh, batch_spec)
         # A spec tree for the state (TrainState-shaped), or P() for an all-replicated state.
         self.state_specs = P() if state_specs is None else state_specs
-        program = jax.shard_map(
-            self._body,
-            mesh=mesh,
-            in_specs=(self.state_specs, batch_spec),
-            out_specs=(self.state_specs, P()),
-            check_vma=True,
-        )
+        self._batch_spec = batch_spec
+        program = self._shard_map(self._body)
         self._program = program
         self.donate_state = donate_state
         self._jitted = jax.jit(program, donate_argnums=(0,) if donate_state else ())
-        self._donation_checked = False
         self._checked_batches: set[Any] = set()
+
+    def _shard_map(self, body: Callable[[Any, Any], tuple[Any, Any]]) -> Callable[[Any, Any], tuple[Any, Any]]:
+        return jax.shard_map(
+            body,
+            mesh=self.mesh,
+            in_specs=(self.state_specs, self._batch_spec),
+            out_specs=(self.state_specs, P()),
+            check_vma=True,
+        )
+
+    @property
+    def applies_update(self) -> bool | None:
+        """Whether the step calls ``apply_gradients`` (``None`` until it was traced)."""
+        return self.report.applies_update if self.report is not None else None
 
     # -- call path --------------------------------------------------------
     def __call__(self, state: Any, batch: Any) -> tuple[Any, Any]:
         """Run one step: ``(state, batch) -> (new_state, metrics)``."""
         with _explained_varying_outputs():
             placed = self.place_batch(batch)
-            if self.donate_state and not self._donation_checked:
-                # Before the first run: a step that applies no gradients (evaluation) must not
-                # donate the state, which its caller keeps using. Tracing tells which it is.
-                if self.applies_update is None:
-                    jax.eval_shape(self._program, state, placed)
-                if not self.applies_update:
+            if self.report is None:
+                # Before the first run: check what the step emits against the IR, and learn whether it
+                # applies gradients: an evaluation step must not donate the state its caller keeps using.
+                self.report = self._trace_placed(state, placed)
+                if self.donate_state and not self.report.applies_update:
                     self._jitted = jax.jit(self._program)
-                self._donation_checked = True
             return self._jitted(state, placed)
+
+    def trace(self, state: Any, batch: Any) -> StepReport:
+        """Trace the step and report what it does: whether it applies gradients, every collective
+        (Titanax's own checked against their IR nodes, TX903 on a mismatch), stage FLOPs under PP."""
+        with _explained_varying_outputs():
+            return self._trace_placed(state, self.place_batch(batch))
+
+    def _trace_placed(self, state: Any, placed: Any) -> StepReport:
+        # JAX caches traces by function: a fresh closure makes the body run (and record) again.
+        program = self._shard_map(lambda state, batch: self._body(state, batch))
+        with recording() as recorder:
+            jaxpr = jax.make_jaxpr(program)(state, placed)
+        collectives = traced_collectives(jaxpr)
+        check_emitted(collectives, self.ir)
+        return StepReport(
+            applies_update=bool(recorder.applies_update),
+            collectives=collectives,
+            stage_flops=recorder.stage_flops,
+        )
 
     def lower(self, state: Any, batch: Any) -> jax.stages.Lowered:
         """Return JAX's ``Lowered`` for this step, for HLO, cost and memory analysis."""
@@ -182,7 +197,8 @@ class CompiledStep:
 
     def jaxpr(self, state: Any, batch: Any) -> Any:
         """The step's closed jaxpr (the ``shard_map`` body included), for finding its collectives."""
-        return jax.make_jaxpr(self._jitted)(state, self.place_batch(batch))
+        with _explained_varying_outputs():
+            return jax.make_jaxpr(self._program)(state, self.place_batch(batch))
 
     def eval_shape(self, state: Any, batch: Any) -> Any:
         """Shapes and dtypes of ``(new_state, metrics)``, without running the step."""
@@ -199,7 +215,14 @@ class CompiledStep:
         ``in_specs``, so the step places the batch itself. With several processes
         a :class:`~titanax.lowering.placement.PerProcess` batch is assembled from
         every process's rows; other host arrays are taken as the whole global batch.
+        A batch already placed with the step's sharding (the previous step's, or one
+        placed ahead of time) is used as it is.
         """
+        leaves, treedef = jax.tree.flatten(batch)
+        if leaves and all(isinstance(x, jax.Array) and x.sharding == self.batch_sharding for x in leaves):
+            signature = (treedef, tuple(x.shape for x in leaves))
+            if signature in self._checked_batches:
+                return batch
         shapes = global_shapes(batch)
         leaves, treedef = jax.tree.flatten(shapes)
         signature = (treedef, tuple(x.shape for x in leaves))
@@ -210,11 +233,18 @@ class CompiledStep:
 
     def _check_batch(self, batch: Any) -> None:
         problems = []
-        per_device = self.dp_size * self.accumulate_steps * self.microbatches
+        plan = self.plan
+        dp_axes, dp_size, accumulate, microbatches = (
+            plan.dp_axes,
+            plan.dp_size,
+            plan.accumulate_steps,
+            plan.microbatches,
+        )
+        per_device = dp_size * accumulate * microbatches
         for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
             shape = tuple(leaf.shape)
             where = f"batch leaf {_path_text(path)} with shape {shape}"
-            if (self.dp_axes or self.microbatches > 1) and not shape:
+            if (dp_axes or microbatches > 1) and not shape:
                 problems.append(
                     (
                         "TX303",
@@ -222,33 +252,32 @@ class CompiledStep:
                         "give every batch leaf a leading batch dimension",
                     )
                 )
-            elif self.dp_axes and shape[0] % self.dp_size:
+            elif dp_axes and shape[0] % dp_size:
                 lower = shape[0] // per_device * per_device
                 problems.append(
                     (
                         "TX301",
-                        f"{where}: dimension 0 ({shape[0]}) is not divisible by the DP size {self.dp_size} "
-                        f"(axes {self.dp_axes})",
+                        f"{where}: dimension 0 ({shape[0]}) is not divisible by the DP size {dp_size} (axes {dp_axes})",
                         f"use a batch size that is a multiple of {per_device} (DP size x accumulate_steps), e.g. "
                         + (f"{lower} or {lower + per_device}" if lower else f"{per_device}"),
                     )
                 )
-            elif shape and self.microbatches > 1 and shape[0] % per_device:
+            elif shape and microbatches > 1 and shape[0] % per_device:
                 problems.append(
                     (
                         "TX304",
-                        f"{where}: dimension 0 ({shape[0]}) does not split into {self.microbatches} pipeline "
-                        f"microbatches on each of the {self.dp_size} data-parallel replicas",
+                        f"{where}: dimension 0 ({shape[0]}) does not split into {microbatches} pipeline "
+                        f"microbatches on each of the {dp_size} data-parallel replicas",
                         f"use a global batch that is a multiple of {per_device} (microbatches x DP size"
-                        + (" x accumulate_steps)" if self.accumulate_steps > 1 else ")"),
+                        + (" x accumulate_steps)" if accumulate > 1 else ")"),
                     )
                 )
             elif shape and shape[0] % per_device:
                 problems.append(
                     (
                         "TX302",
-                        f"{where}: each device's {shape[0] // self.dp_size} examples do not split into "
-                        f"accumulate_steps={self.accumulate_steps} microbatches",
+                        f"{where}: each device's {shape[0] // dp_size} examples do not split into "
+                        f"accumulate_steps={accumulate} microbatches",
                         f"use a batch size that is a multiple of {per_device} (DP size x accumulate_steps)",
                     )
                 )
@@ -256,17 +285,12 @@ class CompiledStep:
             raise BatchError([Diagnostic(code=c, message=m, hint=h) for c, m, h in problems])
 
     # -- the per-device program -------------------------------------------
-    def _sync_gradients(self, grads: Any) -> Any:
-        with jax.named_scope(TITANAX_SCOPE):
-            return emit_collectives(self._grad_collectives, grads)
-
     @contextlib.contextmanager
-    def _pipeline_used_check(self) -> Iterator[None]:
+    def _pipeline_used_check(self, ctx: StepContext) -> Iterator[None]:
         """Under a pipeline plan, a step must run its model through ``tx.pipeline.value_and_grad``."""
         if self.pipeline is None:
             yield
             return
-        before = len(self.pipeline.used)
         failure: Exception | None = None
         try:
             yield
@@ -274,7 +298,7 @@ class CompiledStep:
             raise
         except Exception as err:  # noqa: BLE001 - re-raised below, explained if the pipeline was skipped
             failure = err
-        if len(self.pipeline.used) == before:
+        if not ctx.pipeline_used:
             raise StepFnError.single(
                 "TX512",
                 "the plan has pipeline parallelism but the step never called tx.pipeline.value_and_grad",
@@ -284,38 +308,40 @@ class CompiledStep:
         if failure is not None:
             raise failure
 
-    def _update(self, state: StepState, grads: Any) -> StepState:
+    def _update(self, state: StepState, grads: Any) -> tuple[StepState, Any]:
         """Synchronise ``grads`` and apply them; under loss scaling, unscale them first and skip
-        the update (halving the scale) when any device's gradients overflowed."""
-        grads = self._sync_gradients(grads)
+        the update (halving the scale) when any device's gradients overflowed.
+
+        Returns the new state and, under loss scaling, whether the gradients overflowed (else ``None``).
+        """
+        plan = self.plan
+        grads = _emit_all(plan.gradient_sync, grads)
         loss_scale = state.loss_scale
         if loss_scale is None:
-            return state.apply_update(grads)
+            return state.apply_update(grads), None
         grads = jax.tree.map(lambda g: g / loss_scale.scale.astype(g.dtype), grads)
         count = nonfinite_count(grads)
-        if self._finite_collectives:
+        for collective in plan.nonfinite_count:
             # Split gradients differ across TP shards and pipeline stages: every device must agree.
-            with jax.named_scope(TITANAX_SCOPE):
-                count = ensure_varying(count, self._finite_collectives[0].axes)
-                count = emit_collectives(self._finite_collectives, count)
+            count = collective(ensure_varying(count, collective.node.axes))
         finite = count == 0
-        self._overflow = ~finite  # reported as a metric by _guarded, in the same trace
         updated = state.apply_update(grads)
         kept = _select(finite, updated, state)
-        return kept.replace(
-            step=state.step + 1,
-            loss_scale=loss_scale.adjust(finite, self.precision.loss_scale_growth_interval),
+        new_state = kept.replace(
+            step=state.step + 1, loss_scale=loss_scale.adjust(finite, plan.loss_scale_growth_interval)
         )
+        return new_state, ~finite
 
     def _context(self, state: StepState, accumulate: bool, microbatch: Any = None) -> StepContext:
         loss_scale = state.loss_scale
+        plan = self.plan
         return StepContext(
             state=state,
             update=self._update,
             accumulate=accumulate,
-            tp_axes=self.tp_axes,
-            dp_axes=self.dp_axes,
-            sequence_parallel=self.sequence_parallel,
+            tp_axes=plan.tp_axes,
+            dp_axes=plan.dp_axes,
+            sequence_parallel=plan.sequence_parallel,
             mesh_axes=tuple(self.mesh.axis_names),
             pipeline=self.pipeline,
             loss_scale=loss_scale.scale if loss_scale is not None else None,
@@ -323,27 +349,28 @@ class CompiledStep:
         )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
-        compute = self.precision.compute if self.precision else None
-        seen = state.replace(params=_cast_floating(make_varying(state.params, self.dp_axes), compute))
-        batch = _cast_floating(batch, compute)
-        if self.accumulate_steps == 1:
+        plan = self.plan
+        seen = state.replace(params=_cast_floating(make_varying(state.params, plan.dp_axes), plan.compute_dtype))
+        batch = _cast_floating(batch, plan.compute_dtype)
+        if plan.accumulate_steps == 1:
             ctx = self._context(state, accumulate=False)
-            with ctx.active(), self._pipeline_used_check():
+            with ctx.active(), self._pipeline_used_check(ctx):
                 returned, metrics = self.fn(seen, batch)
             # What the user returns after apply_gradients (clipped, replaced...) is kept; a step
             # that never applied gradients returns the replicated input state unchanged.
             new_state = returned if ctx.called else state
-            self.applies_update = ctx.called
+            applies, overflow = ctx.called, ctx.overflow
         else:
-            new_state, metrics = self._accumulated(state, seen, batch)
-        with jax.named_scope(TITANAX_SCOPE):
-            output = self.precision.output if self.precision else None
-            metrics = emit_collectives(self._metric_collectives, _cast_floating(metrics, output))
-        if self.applies_update:
-            new_state, metrics = self._guarded(state, new_state, metrics)
+            new_state, metrics, applies, overflow = self._accumulated(state, seen, batch)
+        recorder = active_recorder()
+        if recorder is not None:
+            recorder.applies_update = applies
+        metrics = _emit_all(plan.metric_reduce, _cast_floating(metrics, plan.output_dtype))
+        if applies:
+            new_state, metrics = self._guarded(state, new_state, metrics, overflow)
         return new_state, metrics
 
-    def _guarded(self, state: StepState, new_state: Any, metrics: Any) -> tuple[Any, Any]:
+    def _guarded(self, state: StepState, new_state: Any, metrics: Any, overflow: Any) -> tuple[Any, Any]:
         """Report the loss scale, and under ``nonfinite="skip"`` keep the old parameters when the loss is
         not finite. The reduced loss is the same on every device, so no collective is needed to agree."""
         if not isinstance(metrics, Mapping):
@@ -358,7 +385,7 @@ class CompiledStep:
         metrics = dict(metrics)
         if new_state.loss_scale is not None:
             metrics["loss_scale"] = new_state.loss_scale.scale
-            metrics["overflow"] = self._overflow.astype(jnp.float32)
+            metrics["overflow"] = overflow.astype(jnp.float32)
         if self.skip_nonfinite:
             if "loss" not in metrics:
                 raise StepFnError.single(
@@ -372,8 +399,13 @@ class CompiledStep:
             metrics["skipped"] = (~finite).astype(jnp.float32)
         return new_state, metrics
 
-    def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any]:
-        k = self.accumulate_steps
+    def _accumulated(self, state: StepState, seen: Any, batch: Any) -> tuple[Any, Any, bool, Any]:
+        """Run the user's function once per microbatch in a scan, then apply the averaged gradients once.
+
+        Returns the new state, the microbatch-averaged metrics, whether gradients were applied, and the
+        overflow flag under loss scaling.
+        """
+        k = self.plan.accumulate_steps
         micro = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
         traced: list[StepContext] = []
 
@@ -399,8 +431,8 @@ class CompiledStep:
         zeros = jax.tree.map(lambda s, p: jnp.zeros_like(s, dtype=p.dtype), seen.params, state.params)
         grad_sum, metrics = lax.scan(one_microbatch, zeros, (jnp.arange(k), micro))
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
-        self.applies_update = traced[-1].called
         if not traced[-1].called:
-            return state, metrics
+            return state, metrics, False, None
         grads = jax.tree.map(lambda g: g / k, grad_sum)
-        return self._update(state, grads), metrics
+        new_state, overflow = self._update(state, grads)
+        return new_state, metrics, True, overflow

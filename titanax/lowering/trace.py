@@ -1,10 +1,14 @@
 """Find the collectives a traced step performs by walking its jaxpr.
 
-Titanax's own gradient and metric collectives run under the named scope
-:data:`TITANAX_SCOPE` and are skipped: the IR already lists them. Everything
-else (``tx.collectives``, ``titanax.nn`` layers, raw ``lax`` calls, and the
-reductions autodiff adds as their transposes) is reported, with the user source
-line that caused it.
+Every collective equation becomes a :class:`~titanax.ir.TracedCollective`
+with its bytes per dtype, the number of times it runs per step (the product of
+the trip counts of the ``scan`` loops around it; ``None`` inside a ``while``
+whose count is not static) and whether it sits in a branch of a ``cond``.
+Titanax's own collectives carry the IR node id of their ``titanax:<id>`` scope
+(:func:`titanax.lowering.collectives.emit`), and :func:`check_emitted` checks
+each against its node; the others come from the user's code (``tx.collectives``,
+``titanax.nn`` layers, raw ``lax`` calls, and the reductions autodiff adds as
+their transposes) and carry the user source line that caused them.
 """
 
 from __future__ import annotations
@@ -12,12 +16,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from titanax.passes import TracedCollective
+from titanax.errors import Diagnostic, IRVerificationError
+from titanax.ir import CollectiveNode, PlanIR, TracedCollective
+from titanax.lowering.collectives import node_id_of_scope
 
-__all__ = ["TITANAX_SCOPE", "traced_collectives"]
-
-TITANAX_SCOPE = "titanax_plan_collectives"
-"""Named scope around the collectives the lowering inserts from the IR."""
+__all__ = ["check_emitted", "traced_collectives"]
 
 # JAX primitive -> (XLA op, reduction). pvary / pcast only change a value's type.
 _PRIMITIVES: dict[str, tuple[str, str | None]] = {
@@ -69,35 +72,88 @@ def _where(eqn: Any) -> str:
     return f"{short}:{frame.start_line} ({frame.function_name})"
 
 
-def _walk(jaxpr: Any) -> Iterator[Any]:
+def _times(count: int | None, factor: int | None) -> int | None:
+    return None if count is None or factor is None else count * factor
+
+
+def _walk(jaxpr: Any, executions: int | None, conditional: bool) -> Iterator[tuple[Any, int | None, bool]]:
+    """Every equation with how many times it runs per call of ``jaxpr``'s caller, and whether in a branch."""
     for eqn in jaxpr.eqns:
-        yield eqn
-        for value in eqn.params.values():
+        yield eqn, executions, conditional
+        name = eqn.primitive.name
+        for key, value in eqn.params.items():
+            inner, branch = executions, conditional
+            if name == "scan":
+                inner = _times(executions, int(eqn.params["length"]))
+            elif name == "while" and key == "body_jaxpr":
+                inner = None  # a while loop's trip count is not static in the jaxpr
+            elif name == "cond":
+                branch = True
             for sub in _sub_jaxprs(value):
-                yield from _walk(sub)
+                yield from _walk(sub, inner, branch)
+
+
+def _payload(eqn: Any) -> tuple[tuple[str, int], ...]:
+    sizes: dict[str, int] = {}
+    for var in eqn.outvars:
+        dtype = str(var.aval.dtype)
+        sizes[dtype] = sizes.get(dtype, 0) + int(var.aval.size * var.aval.dtype.itemsize)
+    return tuple(sorted(sizes.items()))
 
 
 def traced_collectives(closed_jaxpr: Any) -> tuple[TracedCollective, ...]:
-    """Every communicating collective in ``closed_jaxpr`` outside Titanax's own scope, in trace order."""
+    """Every communicating collective in ``closed_jaxpr``, in trace order."""
     found = []
-    for eqn in _walk(closed_jaxpr.jaxpr):
+    for eqn, executions, conditional in _walk(closed_jaxpr.jaxpr, 1, False):
         mapped = _PRIMITIVES.get(eqn.primitive.name)
-        if mapped is None or TITANAX_SCOPE in str(eqn.source_info.name_stack):
-            continue
-        axes = _axes(eqn.params)
+        axes = _axes(eqn.params) if mapped else ()
         if not axes:
             continue
         op, reduction = mapped
-        payload = sum(v.aval.size * v.aval.dtype.itemsize for v in eqn.outvars)
+        name_stack = str(eqn.source_info.name_stack)
+        node_id = node_id_of_scope(name_stack)
         found.append(
             TracedCollective(
                 op=op,
                 reduction=reduction,
                 axes=axes,
-                payload_bytes=int(payload),
+                payload=_payload(eqn),
                 primitive=eqn.primitive.name,
-                where=_where(eqn),
-                backward="transpose" in str(eqn.source_info.name_stack),
+                where="titanax" if node_id else _where(eqn),
+                backward="transpose" in name_stack,
+                executions=executions,
+                conditional=conditional,
+                node_id=node_id,
+                permutation=tuple(tuple(pair) for pair in eqn.params.get("perm", ())),
             )
         )
     return tuple(found)
+
+
+def _mismatch(traced: TracedCollective, node_id: str, node: CollectiveNode | None) -> str | None:
+    if node is None:
+        return f"a collective ({traced.primitive}) was emitted for %{node_id}, which the IR does not have"
+    reduction = "sum" if node.reduction == "mean" else node.reduction  # pmean traces as a psum
+    expected = (node.op, reduction, node.axes, node.permutation)
+    got = (traced.op, traced.reduction, traced.axes, traced.permutation)
+    if expected != got:
+        return f"%{node_id} declares (op, reduction, axes, pairs) {expected} but the step emitted {got}"
+    if node.executions is not None and traced.executions != node.executions:
+        return f"%{node_id} runs {node.executions} time(s) per step but the step emits it {traced.executions} time(s)"
+    return None
+
+
+def check_emitted(traced: tuple[TracedCollective, ...], ir: PlanIR) -> None:
+    """Raise TX903 (a Titanax bug) if a collective emitted for an IR node differs from the node."""
+    problems = []
+    for record in traced:
+        if record.node_id is None:
+            continue
+        node = ir.node(record.node_id) if record.node_id in ir else None
+        problem = _mismatch(record, record.node_id, node if isinstance(node, CollectiveNode) else None)
+        if problem:
+            problems.append(
+                Diagnostic(code="TX903", message=problem, hint="this is a Titanax bug; please report it with the IR")
+            )
+    if problems:
+        raise IRVerificationError(problems)

@@ -18,22 +18,16 @@ from titanax.passes.infer_mesh_shape import InferMeshShape
 from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
 from titanax.passes.insert_pp_collectives import PP_COLLECTIVES, InsertPPCollectives
 from titanax.passes.insert_precision_collectives import GRAD_FINITE, InsertPrecisionCollectives
-from titanax.passes.insert_traced_collectives import InsertTracedCollectives, TracedCollective
-from titanax.passes.pipeline import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
+from titanax.passes.insert_traced_collectives import InsertTracedCollectives
+from titanax.passes.manager import PassEvent, PassPipeline, PassTimings, print_after_each, verify_after_each
 from titanax.passes.resolve_shardings import ResolveShardings, glob_matches, rule_specificity
-from titanax.passes.schedule import Op, Schedule, build_schedule, schedule_from_ir, schedule_problems
 from titanax.passes.verify_schedule import VerifySchedule
 
 __all__ = [
     "PP_COLLECTIVES",
     "BuildSchedule",
     "InsertPPCollectives",
-    "Op",
-    "Schedule",
     "VerifySchedule",
-    "build_schedule",
-    "schedule_from_ir",
-    "schedule_problems",
     "DEFAULT_PASSES",
     "GRAD_FINITE",
     "GRADIENT_SYNC",
@@ -57,7 +51,6 @@ __all__ = [
     "PassTimings",
     "ResolveShardings",
     "Target",
-    "TracedCollective",
     "VALIDATION_PASSES",
     "compile_plan",
     "glob_matches",

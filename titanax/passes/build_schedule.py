@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from titanax.ir import EdgeKind, PipelineParallelNode, PlanIR, ScheduleOpNode, StageNode
+from titanax.ir.schedule import build_schedule
 from titanax.passes.base import Pass, PassContext, register_pass
-from titanax.passes.schedule import build_schedule
 
 __all__ = ["BuildSchedule"]
 

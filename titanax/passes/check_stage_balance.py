@@ -45,7 +45,13 @@ class CheckStageBalance(Pass):
         blocks = [p for p in params if p.path == dim.blocks or p.path.startswith(dim.blocks + "/")]
         layers = blocks[0].shape[0] if blocks else 0
         per_layer = sum(math.prod(p.shape[1:]) for p in blocks)
-        entries = sorted({p.path.split("/")[0] for p in params})
+        # Every top-level entry's parameter count, in one pass over the parameters, so that a
+        # stage naming an entry costs a lookup rather than another pass over every parameter.
+        entry_cost: dict[str, int] = {}
+        for p in params:
+            entry = p.path.split("/", 1)[0]
+            entry_cost[entry] = entry_cost.get(entry, 0) + math.prod(p.shape)
+        entries = sorted(entry_cost)
         costs = []
         for stage in stages:
             cost = 0
@@ -55,7 +61,7 @@ class CheckStageBalance(Pass):
                     continue  # check-pipeline reported it
                 if ref.name == dim.blocks and ref.start is not None:
                     cost += (ref.stop - ref.start) * per_layer
-                elif ref.name not in entries:
+                elif ref.name not in entry_cost:
                     ctx.error(
                         "TX229",
                         f"stage {stage.index} names '{ref.name}', which is not a parameter entry",
@@ -63,7 +69,7 @@ class CheckStageBalance(Pass):
                         stage.location,
                     )
                 else:
-                    cost += sum(math.prod(p.shape) for p in params if p.path.split("/")[0] == ref.name)
+                    cost += entry_cost[ref.name]
             costs.append(cost)
             self._check_even_split(stage, dim, layers, len(stages), ctx)
         if costs and min(costs) > 0 and max(costs) / min(costs) > dim.balance_tolerance:

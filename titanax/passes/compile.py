@@ -8,7 +8,7 @@ from titanax.errors import PlanError
 from titanax.frontend import MeshSpec, Plan
 from titanax.ir import PlanIR, build_ir
 from titanax.passes.base import DEFAULT_TARGET, PASS_REGISTRY, Pass, Target
-from titanax.passes.pipeline import PassCallback, PassPipeline, verify_after_each
+from titanax.passes.manager import PassCallback, PassPipeline, verify_after_each
 
 __all__ = ["DEFAULT_PASSES", "VALIDATION_PASSES", "compile_plan", "parse_pipeline", "passes_by_name"]
 

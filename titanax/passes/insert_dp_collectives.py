@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import CollectiveNode, DataParallelNode, PlanIR
+from titanax.ir import CollectiveNode, DataParallelNode, Operand, PlanIR
 from titanax.ir.build import add_required_collective
 from titanax.passes.base import Pass, PassContext, register_pass
 
@@ -31,7 +31,7 @@ class InsertDPCollectives(Pass):
         """Add two collective nodes per DP dimension."""
         for dim_id, dim in list(ir.items(DataParallelNode)):
             group = ir.group_size(dim.axes)
-            for name, operand in ((GRADIENT_SYNC, "gradients"), (METRIC_REDUCE, "metrics")):
+            for name, operand in ((GRADIENT_SYNC, Operand.GRADIENTS), (METRIC_REDUCE, Operand.METRICS)):
                 node = CollectiveNode(
                     name=name,
                     op="all-reduce",

@@ -8,26 +8,35 @@
   only the first or last stage computes;
 - ``pp_loss``: one all-reduce (sum) of the loss, which only the last stage computes.
 
-The two permutes run inside the loop over ticks: ``2 (m + p - 1)`` times per step.
+The two permutes run inside the loop over ticks: each node says so (``cadence =
+tick``, ``executions`` = the schedule's tick count) and carries its
+``(source, target)`` pairs, which the lowering passes to ``ppermute`` as they are.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import CollectiveNode, PipelineParallelNode, PlanIR
+from titanax.ir import Cadence, CollectiveNode, Operand, PipelineParallelNode, PlanIR
 from titanax.ir.build import add_required_collective
+from titanax.ir.schedule import schedule_from_ir
 from titanax.passes.base import Pass, PassContext, register_pass
 
 __all__ = ["InsertPPCollectives", "PP_COLLECTIVES"]
 
 PP_COLLECTIVES = (
-    ("pp_activations", "collective-permute", None, "pipeline activations"),
-    ("pp_cotangents", "collective-permute", None, "pipeline cotangents"),
-    ("pp_replicated_grads", "all-reduce", "sum", "pipeline-replicated gradients"),
-    ("pp_loss", "all-reduce", "sum", "pipeline loss"),
+    ("pp_activations", "collective-permute", None, Operand.STAGE_ACTIVATIONS),
+    ("pp_cotangents", "collective-permute", None, Operand.STAGE_COTANGENTS),
+    ("pp_replicated_grads", "all-reduce", "sum", Operand.REPLICATED_GRADIENTS),
+    ("pp_loss", "all-reduce", "sum", Operand.PIPELINE_LOSS),
 )
 """``(name, op, reduction, operand)`` of each collective a pipeline step performs."""
+
+
+def _pairs(operand: Operand, stages: int) -> tuple[tuple[int, int], ...]:
+    if operand == Operand.STAGE_ACTIVATIONS:
+        return tuple((s, s + 1) for s in range(stages - 1))
+    return tuple((s, s - 1) for s in range(1, stages))
 
 
 @register_pass
@@ -40,10 +49,12 @@ class InsertPPCollectives(Pass):
 
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Add four collective nodes per pipeline dimension."""
+        schedule = schedule_from_ir(ir)
         for dim_id, dim in list(ir.items(PipelineParallelNode)):
             group = ir.group_size(dim.axes)
             for name, op, reduction, operand in PP_COLLECTIVES:
-                if op == "collective-permute" and group == 1:
+                per_tick = op == "collective-permute"
+                if per_tick and group == 1:
                     continue  # one stage has no neighbour to send to
                 node = CollectiveNode(
                     name=name,
@@ -53,5 +64,8 @@ class InsertPPCollectives(Pass):
                     operand=operand,
                     origin="lowering",
                     group_size=group,
+                    permutation=_pairs(operand, group) if per_tick else (),
+                    cadence=Cadence.TICK if per_tick else Cadence.STEP,
+                    executions=schedule.ticks if per_tick and schedule is not None else 1,
                 )
                 add_required_collective(ir, dim_id, node)

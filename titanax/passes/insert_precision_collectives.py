@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import CollectiveNode, PlanIR
+from titanax.ir import CollectiveNode, Operand, PlanIR
 from titanax.ir.build import add_required_collective
 from titanax.passes.base import Pass, PassContext, register_pass
 
@@ -44,7 +44,7 @@ class InsertPrecisionCollectives(Pass):
             op="all-reduce",
             reduction="sum",
             axes=axes,
-            operand="nonfinite_count",
+            operand=Operand.NONFINITE_COUNT,
             origin="lowering",
             group_size=ir.group_size(axes),
         )

@@ -131,17 +131,20 @@ class ResolveShardings(Pass):
             return
         tp_id, tp = next(ir.items(TensorParallelNode), (None, None))
         rules = ir.shard_rules(tp_id) if tp_id else []
+        # Each rule's matcher and specificity, worked out once: the loop below is then
+        # O(rules) per parameter and nothing in it grows with the number of parameters.
+        matchers = [(rid, r, _glob_regex(r.pattern).fullmatch, rule_specificity(r.pattern)) for rid, r in rules]
         default = ("rule.default", ir.node("rule.default"))
         sizes = ir.axis_sizes()
         pp = next((node for _, node in ir.items(PipelineParallelNode)), None)
-        used: set[str] = set()
+        matched: set[str] = set()
         for path, shape in self.parameters:
-            matching = [(rid, r) for rid, r in rules if glob_matches(r.pattern, path)]
+            matching = [(rid, r, rank) for rid, r, fullmatch, rank in matchers if fullmatch(path) is not None]
+            matched.update(rid for rid, _, _ in matching)
             decided = self._choose(path, shape, matching, tp, ctx) if matching else default
             if decided is None:
                 continue
             rule_id, rule = decided
-            used.add(rule_id)
             if pp is not None and _under(path, pp.blocks):
                 spec = self._stacked_spec(path, shape, rule, tp, pp, sizes, ctx)
             elif any(_under(path, entry) for entry in self.stacked) and shape:
@@ -158,22 +161,26 @@ class ResolveShardings(Pass):
             param_id = ir.add(f"param.{path}", node)
             ir.connect(rule_id, param_id, EdgeKind.LAYS_OUT)
             connect_over_axes(ir, param_id, node)
-        paths = [p for p, _ in self.parameters]
-        for rule_id, rule in rules:
-            if rule_id not in used and not any(glob_matches(rule.pattern, p) for p in paths):
-                close = difflib.get_close_matches(rule.pattern, paths, n=3, cutoff=0.3)
-                ctx.error(
-                    "TX221",
-                    f"TP rule {rule.pattern!r} matches no parameter",
-                    (f"closest parameter paths: {close}" if close else f"parameter paths look like {paths[:3]}")
-                    + "; * matches within one key, ** across keys",
-                    rule.location,
-                )
+        # A rule that decided no layout may still have matched (and lost to a more specific
+        # rule); only one that matched no path at all is an error. Recording the matches above
+        # keeps this check from re-matching every rule against every path.
+        unmatched = [(rule_id, rule) for rule_id, rule in rules if rule_id not in matched]
+        paths = [p for p, _ in self.parameters] if unmatched else []
+        for _, rule in unmatched:
+            close = difflib.get_close_matches(rule.pattern, paths, n=3, cutoff=0.3)
+            ctx.error(
+                "TX221",
+                f"TP rule {rule.pattern!r} matches no parameter",
+                (f"closest parameter paths: {close}" if close else f"parameter paths look like {paths[:3]}")
+                + "; * matches within one key, ** across keys",
+                rule.location,
+            )
 
     @staticmethod
     def _choose(path, shape, matching, tp, ctx) -> tuple[str, ShardRuleNode] | None:
-        best = max(rule_specificity(r.pattern) for _, r in matching)
-        top = [(rid, r) for rid, r in matching if rule_specificity(r.pattern) == best]
+        """The most specific of ``matching`` ``(id, rule, specificity)``, or ``None`` on an ambiguous tie."""
+        best = max(rank for _, _, rank in matching)
+        top = [(rid, r) for rid, r, rank in matching if rank == best]
         layouts = {(r.role, r.spec) for _, r in top}
         if len(layouts) > 1:
             patterns = [r.pattern for _, r in top]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from titanax.ir import PlanIR
+from titanax.ir.schedule import schedule_from_ir, schedule_problems
 from titanax.passes.base import Pass, PassContext, register_pass
-from titanax.passes.schedule import schedule_from_ir, schedule_problems
 
 __all__ = ["VerifySchedule"]
 

@@ -112,8 +112,9 @@ class Engine:
         """Where and how often :meth:`fit` saves, or ``None``."""
         self.nonfinite = nonfinite
         """``"raise"``: :meth:`fit` stops at a non-finite loss; ``"skip"``: the step keeps the old parameters."""
-        self._target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
-        self.plan_ir: PlanIR = compile_plan(mesh, plan, target=self._target)
+        self.target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
+        """What the plan is compiled for: the device count and the backend (whose collective dtypes the IR models)."""
+        self.plan_ir: PlanIR = compile_plan(mesh, plan, target=self.target)
         """The plan IR after every default pass, before any parameters are known."""
         self.ir: PlanIR = self.plan_ir
         """The plan IR; after :meth:`create_state` it also lists every parameter's layout."""
@@ -166,7 +167,7 @@ class Engine:
         params = jax.tree.map(lambda x: jnp.array(x, dtype=self._master_dtype(jnp.asarray(x).dtype), copy=True), params)
         stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
         resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
-        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self._target)
+        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
         specs = param_specs(self.ir, params)
         params = jax.tree.map(lambda x, spec: place_global(x, NamedSharding(self.mesh, spec)), params, specs)
         opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, specs)

@@ -80,6 +80,7 @@ def value_and_grad(model: PipelineModel, params: dict[str, Any], batch: Any) -> 
             f"the plan pipelines the blocks under '{program.blocks}' but the model stacks them under '{model.blocks}'",
             f"set blocks = {model.blocks} in the plan's pipeline, or PipelineModel(blocks='{program.blocks}')",
         )
+    ctx.pipeline_used = True
     result = program.value_and_grad(model.first, model.block, model.last, params, batch, loss_scale=ctx.loss_scale)
     ctx.loss_scaled = True
     return result

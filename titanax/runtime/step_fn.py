@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
 from titanax.errors import StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering import CompiledStep, traced_collectives
-from titanax.passes import AnnotatePayloads, InsertTracedCollectives, PassPipeline, Target
+from titanax.lowering import CollectiveAudit, CompiledStep, StepReport, audit_collectives
+from titanax.passes import AnnotatePayloads, InsertTracedCollectives, PassPipeline
 from titanax.runtime.engine import Engine
 from titanax.runtime.state import TrainState
 
 __all__ = ["StepFn", "step_fn"]
-
-
-def _nbytes(tree: Any) -> int:
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
-
-
-def _local_nbytes(tree: Any) -> int:
-    """Bytes of one device's shard of every array (the whole array when replicated)."""
-    return sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
 
 
 class StepFn:
@@ -88,22 +76,41 @@ class StepFn:
 
     def plan_ir(self, state: TrainState, batch: Any) -> PlanIR:
         """The IR of this step: the engine's plan and parameter layouts, every collective the
-        step's own code performs (traced from its jaxpr), and the bytes each moves per step.
-
-        Collectives inside the accumulation loop run ``accumulate_steps`` times per step.
+        step's own code performs (traced from its jaxpr), and the bytes and dtypes each moves per
+        execution on this backend, with how many times it runs per step.
         """
+        return self.annotate(state, self.trace(state, batch))
+
+    def trace(self, state: TrainState, batch: Any) -> StepReport:
+        """Trace the step (without running it) and report what it does: see :class:`StepReport`."""
         compiled = self.compiled(state)
-        traced = traced_collectives(compiled.jaxpr(state, batch))
-        _, metrics = compiled.eval_shape(state, batch)
-        payloads = (
-            ("gradients", _local_nbytes(state.params)),
-            ("metrics", _nbytes(metrics)),
-            ("nonfinite_count", 4),  # the int32 overflow count of float16 loss scaling
+        report = compiled.trace(state, batch)
+        if compiled.report is None:
+            compiled.report = report
+        return report
+
+    def audit(self, state: TrainState, batch: Any) -> CollectiveAudit:
+        """Compile the step and compare its HLO's collectives with the IR's, row by row.
+
+        ``audit.ok`` is True when the compiled program communicates exactly what the IR lists
+        (kind, mesh axes, reduction, permute pairs, runs per step, bytes and dtypes);
+        ``audit.table()`` shows both sides. Compiles, but does not run, the step.
+        """
+        ir = self.plan_ir(state, batch)
+        hlo = self.lower(state, batch).compile().as_text()
+        return audit_collectives(ir, hlo, state.engine.mesh.shape)
+
+    @staticmethod
+    def annotate(state: TrainState, report: StepReport) -> PlanIR:
+        """The engine's IR with the facts of ``report`` applied: user collectives listed, payloads set."""
+        engine = state.engine
+        pipeline = PassPipeline(
+            [
+                InsertTracedCollectives(collectives=report.user_collectives()),
+                AnnotatePayloads(node_payloads=report.node_payloads(engine.ir)),
+            ]
         )
-        if compiled.pipeline is not None:
-            payloads += tuple(compiled.pipeline.traced_bytes.items())
-        pipeline = PassPipeline([InsertTracedCollectives(collectives=traced), AnnotatePayloads(operand_bytes=payloads)])
-        return pipeline.run(state.engine.ir, Target(device_count=state.engine.device_count))
+        return pipeline.run(engine.ir, engine.target)
 
 
 def step_fn(fn: Callable[[Any, Any], tuple[Any, Any]] | None = None, *, donate_state: bool = True) -> Any:

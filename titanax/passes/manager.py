@@ -12,11 +12,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from titanax.errors import TitanaxError
+from titanax.errors import PlanError, TitanaxError
 from titanax.ir import PlanIR, print_ir, verify_ir
 from titanax.passes.base import DEFAULT_TARGET, Pass, PassContext, Target
 
-__all__ = ["PassEvent", "PassPipeline", "PassTimings", "print_after_each", "verify_after_each"]
+__all__ = [
+    "PassEvent",
+    "PassPipeline",
+    "PassTimings",
+    "missing_prerequisites",
+    "print_after_each",
+    "verify_after_each",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +64,19 @@ class PassTimings:
         self.seconds.append((event.pass_.name, event.seconds))
 
 
+def missing_prerequisites(passes: Sequence[Pass], already_run: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+    """``(pass, missing)`` for every pass of ``passes`` whose ``requires`` neither ran already
+    nor come earlier in ``passes``."""
+    done = set(already_run)
+    found = []
+    for pass_ in passes:
+        missing = [name for name in pass_.requires if name not in done]
+        if missing:
+            found.append((pass_.name, missing))
+        done.add(pass_.name)
+    return found
+
+
 class PassPipeline:
     """An ordered list of passes and the callbacks to run after each one.
 
@@ -70,7 +90,12 @@ class PassPipeline:
         self.callbacks = tuple(callbacks)
 
     def run(self, ir: PlanIR, target: Target = DEFAULT_TARGET) -> PlanIR:
-        """Run every pass on a copy of ``ir`` and return the result."""
+        """Run every pass on a copy of ``ir`` and return the result.
+
+        Every pass's prerequisites must have run on ``ir`` already (an earlier pipeline) or come
+        earlier in this one; otherwise nothing runs (TX207).
+        """
+        self._check_prerequisites(ir)
         ir = ir.copy()
         if verify_after_each in self.callbacks:
             verify_ir(ir, after="build")
@@ -78,6 +103,7 @@ class PassPipeline:
         for index, pass_ in enumerate(self.passes):
             start = time.perf_counter()
             pass_.run(ir, ctx)
+            ir.passes_run = (*ir.passes_run, pass_.name)
             event = PassEvent(pass_=pass_, ir=ir, seconds=time.perf_counter() - start)
             for callback in self.callbacks:
                 callback(event)
@@ -85,3 +111,14 @@ class PassPipeline:
             if ctx.diagnostics and not next_validates:
                 raise TitanaxError.from_diagnostics(ctx.diagnostics)
         return ir
+
+    def _check_prerequisites(self, ir: PlanIR) -> None:
+        missing = missing_prerequisites(self.passes, ir.passes_run)
+        if missing:
+            name, needed = missing[0]
+            raise PlanError.single(
+                "TX207",
+                f"pass '{name}' needs {needed} to run before it, and neither this pipeline nor the IR it was given "
+                "ran them",
+                f"run {', '.join(needed)} first (titanax.passes.compile_plan runs the default passes)",
+            )

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import PlanIR, ScheduleOpNode
+from titanax.ir.graph import PlanIR
+from titanax.ir.nodes import ScheduleOpNode
 
 __all__ = ["Op", "Schedule", "build_schedule", "schedule_from_ir", "schedule_problems"]
 

@@ -1,0 +1,106 @@
+"""The step as the IR describes it: a frozen description built once, the only place lowering reads the plan.
+
+:class:`StepPlan` gathers from the compiled IR everything the step program
+needs: the axes of each parallel dimension, accumulation and pipeline settings,
+the precision policy, and Titanax's own collectives, found by their operand
+kind (:class:`~titanax.ir.Operand`) and origin, never by a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from titanax.ir import Operand, PlanIR, Schedule, schedule_from_ir
+from titanax.ir.nodes import CollectiveNode
+from titanax.lowering.collectives import IRCollective
+
+__all__ = ["PipelinePlan", "StepPlan"]
+
+
+def _lowering_collectives(ir: PlanIR, operand: Operand) -> tuple[IRCollective, ...]:
+    return tuple(
+        IRCollective(node_id, node)
+        for node_id, node in ir.items(CollectiveNode)
+        if node.origin == "lowering" and node.operand == operand
+    )
+
+
+def _one(ir: PlanIR, operand: Operand) -> IRCollective | None:
+    found = _lowering_collectives(ir, operand)
+    return found[0] if found else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelinePlan:
+    """What the pipeline program needs: its axis, schedule table, blocks entry and collectives."""
+
+    axis: str
+    schedule: Schedule
+    blocks: str
+    balance_tolerance: float
+    activations: IRCollective | None
+    """Stage ``s`` to ``s + 1`` every tick (``None`` with one stage)."""
+    cotangents: IRCollective | None
+    """Stage ``s`` to ``s - 1`` every tick (``None`` with one stage)."""
+    replicated_gradients: IRCollective
+    """Sum over the pipeline axis of the gradients of parameters every stage holds whole."""
+    loss: IRCollective
+    """Sum over the pipeline axis of the loss the last stage computes."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepPlan:
+    """The plan of one step, read from the IR once."""
+
+    mesh_axes: tuple[str, ...]
+    dp_axes: tuple[str, ...]
+    dp_size: int
+    tp_axes: tuple[str, ...]
+    sequence_parallel: bool
+    accumulate_steps: int
+    microbatches: int
+    """Pipeline microbatches per step (1 without pipeline parallelism)."""
+    pipeline: PipelinePlan | None
+    compute_dtype: str | None
+    output_dtype: str | None
+    loss_scaling: bool
+    """Dynamic loss scaling (a float16 policy)."""
+    loss_scale_growth_interval: int
+    gradient_sync: tuple[IRCollective, ...]
+    metric_reduce: tuple[IRCollective, ...]
+    nonfinite_count: tuple[IRCollective, ...]
+
+    @classmethod
+    def from_ir(cls, ir: PlanIR) -> StepPlan:
+        """Read the step's plan from the compiled IR."""
+        dp, tp, pp, policy = ir.data_parallel(), ir.tensor_parallel(), ir.pipeline_parallel(), ir.precision()
+        dp_axes = dp.axes if dp else ()
+        pipeline = None
+        if pp is not None:
+            pipeline = PipelinePlan(
+                axis=pp.axes[0],
+                schedule=schedule_from_ir(ir),
+                blocks=pp.blocks,
+                balance_tolerance=pp.balance_tolerance,
+                activations=_one(ir, Operand.STAGE_ACTIVATIONS),
+                cotangents=_one(ir, Operand.STAGE_COTANGENTS),
+                replicated_gradients=_one(ir, Operand.REPLICATED_GRADIENTS),
+                loss=_one(ir, Operand.PIPELINE_LOSS),
+            )
+        return cls(
+            mesh_axes=tuple(axis.name for axis in ir.axes()),
+            dp_axes=dp_axes,
+            dp_size=ir.group_size(dp_axes),
+            tp_axes=tp.axes if tp else (),
+            sequence_parallel=bool(tp and tp.sequence_parallel),
+            accumulate_steps=dp.accumulate_steps if dp else 1,
+            microbatches=pp.microbatches if pp else 1,
+            pipeline=pipeline,
+            compute_dtype=policy.compute if policy else None,
+            output_dtype=policy.output if policy else None,
+            loss_scaling=bool(policy and policy.loss_scaling == "dynamic"),
+            loss_scale_growth_interval=policy.loss_scale_growth_interval if policy else 0,
+            gradient_sync=_lowering_collectives(ir, Operand.GRADIENTS),
+            metric_reduce=_lowering_collectives(ir, Operand.METRICS),
+            nonfinite_count=_lowering_collectives(ir, Operand.NONFINITE_COUNT),
+        )
