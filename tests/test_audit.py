@@ -277,3 +277,37 @@ def test_a_permute_in_the_wrong_direction_fails_the_audit():
     assert gpt_pipeline_step.audit(state, batch).ok
     audit = audit_with_ir(state, batch, gpt_pipeline_step, reverse_activations)
     assert not audit.ok
+
+
+# -- titanax audit ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "plan",
+    [
+        "3d",
+        pytest.param("dp", marks=pytest.mark.slow),
+        pytest.param("tp", marks=pytest.mark.slow),
+        pytest.param("dp_tp", marks=pytest.mark.slow),
+        pytest.param("dp_tp_sp", marks=pytest.mark.slow),
+        pytest.param("dp_pp", marks=pytest.mark.slow),
+    ],
+)
+def test_every_example_plan_passes_the_audit(plan, capsys):
+    from titanax.cli import main
+
+    assert main(["audit", f"examples/gpt_small/plans/{plan}.tx"]) == 0
+    out = capsys.readouterr().out
+    assert "ok: the compiled step communicates exactly what the IR lists" in out
+    assert "all-reduce" in out and "HLO bytes" in out
+
+
+def test_audit_command_exits_1_and_names_the_row(monkeypatch, capsys):
+    from titanax.cli import main
+    from titanax.lowering import AuditRow, CollectiveAudit
+    from titanax.runtime.step_fn import StepFn
+
+    bad = AuditRow(op="all-reduce", axes=("data",), reduction="sum", moves=(), executions=1, hlo_bytes=64)
+    monkeypatch.setattr(StepFn, "audit", lambda self, state, batch: CollectiveAudit(rows=(bad,)))
+    assert main(["audit", "examples/gpt_small/plans/dp.tx"]) == 1
+    captured = capsys.readouterr()
+    assert "NOT IN IR" in captured.out
+    assert "error[TX904]" in captured.err and "1 row(s)" in captured.err

@@ -219,6 +219,11 @@ class PipelineProgram:
         micro = jax.tree.map(lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:]), batch)
 
         def run_blocks(b: Any, x: Any) -> Any:
+            if jax.tree.leaves(b)[0].shape[0] == 1:
+                # One block per stage: no loop. XLA inlines a one-trip loop and then drops the work
+                # whose result is dead (a backward's recomputed output); without the loop the
+                # trace's dead-code pass sees the same, and the IR lists what XLA runs.
+                return block(jax.tree.map(lambda w: w[0], b), x)
             return lax.scan(lambda h, layer: (block(layer, h), None), x, b)[0]
 
         def f_first(o: Any, b: Any, mb: Any) -> Any:

@@ -101,10 +101,26 @@ def _payload(eqn: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(sizes.items()))
 
 
+def _live(jaxpr: Any) -> Any:
+    """``jaxpr`` without the equations whose results nothing uses, as XLA will compile it.
+
+    A pipeline stage's backward recomputes its forward only for the residuals; the forward's own
+    output (and the all-reduce that made it) is dead, and XLA removes it. Counting it would make
+    the IR list a collective the program never runs.
+    """
+    try:
+        from jax._src.interpreters import partial_eval as pe
+
+        live, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars), instantiate=True)
+        return live
+    except Exception:  # noqa: BLE001 - an internal API: without it, count every equation
+        return jaxpr
+
+
 def traced_collectives(closed_jaxpr: Any) -> tuple[TracedCollective, ...]:
-    """Every communicating collective in ``closed_jaxpr``, in trace order."""
+    """Every communicating collective in ``closed_jaxpr`` whose result is used, in trace order."""
     found = []
-    for eqn, executions, conditional in _walk(closed_jaxpr.jaxpr, 1, False):
+    for eqn, executions, conditional in _walk(_live(closed_jaxpr.jaxpr), 1, False):
         mapped = _PRIMITIVES.get(eqn.primitive.name)
         axes = _axes(eqn.params) if mapped else ()
         if not axes:
