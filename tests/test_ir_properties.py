@@ -145,3 +145,52 @@ def test_loss_scale_follows_the_dynamic_rule(finite_steps, interval, initial):
         else:
             good += 1
         assert (float(state.scale), int(state.good_steps)) == (scale, good)
+
+
+@st.composite
+def full_plans(draw):
+    """Random meshes over data/model/pipe (sizes 1-4, up to 8 devices) with DP, TP, PP, precision."""
+    from titanax.frontend import PP, TP, Precision
+
+    sizes = {}
+    budget = 8
+    for name in ("data", "model", "pipe"):
+        size = draw(st.sampled_from([s for s in (1, 2, 4) if s <= budget]))
+        sizes[name] = size
+        budget //= size
+    use_dp, use_tp, use_pp = draw(st.booleans()), draw(st.booleans()), draw(st.booleans())
+    schedule = draw(st.sampled_from(["gpipe", "1f1b"]))
+    microbatches = draw(st.integers(sizes["pipe"], 3 * sizes["pipe"]))
+    plan = Plan(
+        data_parallel=DP(axis="data", accumulate_steps=draw(st.integers(1, 3))) if use_dp else None,
+        tensor_parallel=TP(axis="model", rules={"*/w": "column"}) if use_tp else None,
+        pipeline_parallel=PP(axis="pipe", microbatches=microbatches, schedule=schedule) if use_pp else None,
+        precision=Precision(compute=draw(st.sampled_from(["float32", "bfloat16", "float16"]))),
+    )
+    return MeshSpec(axes=tuple(sizes), shape=tuple(sizes.values())), plan, sizes
+
+
+@settings(max_examples=150, deadline=None)
+@given(full_plans())
+def test_collective_groups_follow_the_mesh_in_every_plan(case):
+    """Group sizes, permute pairs and runs per step against figures computed from the mesh alone."""
+    from titanax.ir import Cadence, CollectiveNode
+
+    mesh, plan, sizes = case
+    ir = compile_plan(mesh, plan, target=Target(device_count=math.prod(sizes.values())))
+    p = sizes["pipe"] if plan.pipeline_parallel else 1
+    for node_id, node in ir.items(CollectiveNode):
+        assert node.group_size == math.prod(sizes[a] for a in node.axes), node_id
+        if node.op == "collective-permute":
+            forward = [(s, s + 1) for s in range(p - 1)]
+            expected = forward if node.operand == "stage_activations" else [(t, s) for s, t in forward]
+            assert sorted(node.permutation) == sorted(expected)
+            assert node.cadence == Cadence.TICK
+            assert node.executions == 2 * (plan.pipeline_parallel.microbatches + p - 1)
+        else:
+            assert (node.permutation, node.cadence, node.executions) == ((), Cadence.STEP, 1)
+    kinds = {node.operand for node in ir.collectives()}
+    assert ("gradients" in kinds) == bool(plan.data_parallel)
+    assert ("stage_activations" in kinds) == bool(plan.pipeline_parallel and p > 1)
+    split = (plan.tensor_parallel is not None) or (plan.pipeline_parallel is not None)
+    assert ("nonfinite_count" in kinds) == (plan.precision.compute == "float16" and split)

@@ -37,6 +37,25 @@ def test_no_recompilation_after_the_first_step():
     assert int(state.step) == 5
 
 
+def test_a_batch_already_placed_is_not_placed_again(monkeypatch):
+    from titanax.lowering import step as lowering_step
+
+    step = make_step()
+    state = make_engine().create_state(init_mlp())
+    batches = make_batches(4, 16)
+    compiled = step.compiled(state)
+    placed = [compiled.place_batch(batch) for batch in batches]
+    calls = []
+    real = lowering_step.place_global_batch
+    monkeypatch.setattr(lowering_step, "place_global_batch", lambda *a: calls.append(1) or real(*a))
+    for batch in placed:
+        state, _ = step(state, batch)
+    assert calls == [], "a batch already laid out as the step needs is used as it is"
+    state, _ = step(state, batches[0])  # a host batch is still placed
+    assert calls == [1]
+    assert compiled.cache_size() == 1 and int(state.step) == 5
+
+
 @pytest.mark.parametrize("committed", [True, False])
 def test_create_state_copies_so_donation_spares_user_params(committed):
     params = jax.device_put(init_mlp(), jax.devices()[0]) if committed else init_mlp()

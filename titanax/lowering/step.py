@@ -39,12 +39,20 @@ from jax.sharding import Mesh, NamedSharding
 
 from titanax.errors import BatchError, Diagnostic, StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering.collectives import IRCollective, ensure_varying, make_varying
+from titanax.lowering.collectives import make_varying
 from titanax.lowering.context import StepContext, StepState, active_recorder, recording
-from titanax.lowering.loss_scale import nonfinite_count
 from titanax.lowering.pipeline import PipelineProgram
 from titanax.lowering.placement import global_shapes, place_global_batch
 from titanax.lowering.report import StepReport
+from titanax.lowering.stages import (
+    apply_optimizer,
+    cast_floating,
+    count_nonfinite,
+    keep_where,
+    reduce_metrics,
+    sync_gradients,
+    unscale_gradients,
+)
 from titanax.lowering.step_plan import StepPlan
 from titanax.lowering.trace import check_emitted, traced_collectives
 
@@ -53,12 +61,6 @@ __all__ = ["CompiledStep", "replicated_spec"]
 P = jax.P
 
 UserStep = Callable[[Any, Any], tuple[Any, Any]]
-
-
-def _emit_all(collectives: tuple[IRCollective, ...], tree: Any) -> Any:
-    for collective in collectives:
-        tree = collective(tree)
-    return tree
 
 
 def replicated_spec(ndim: int) -> jax.sharding.PartitionSpec:
@@ -87,24 +89,6 @@ def _explained_varying_outputs() -> Iterator[None]:
             "that mixes split and whole parameters, such as optax.clip_by_global_norm, must count split ones "
             "whole: use tx.optim.clip_by_global_norm",
         ) from None
-
-
-def _cast_floating(tree: Any, dtype: str | None) -> Any:
-    """Floating arrays of ``tree`` cast to ``dtype`` (a precision policy's); integers (ids, labels)
-    stay as they are. ``None`` leaves the tree untouched."""
-    if dtype is None:
-        return tree
-    target = jnp.dtype(dtype)
-    return jax.tree.map(lambda x: x.astype(target) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
-def _select(keep_new: jax.Array, new: Any, old: Any) -> Any:
-    """``new``'s parameters and optimizer state where ``keep_new`` holds, else ``old``'s (a skipped update)."""
-
-    def pick(a: Any, b: Any) -> Any:
-        return jax.tree.map(lambda x, y: jnp.where(keep_new, x, y), a, b)
-
-    return new.replace(params=pick(new.params, old.params), opt_state=pick(new.opt_state, old.opt_state))
 
 
 def _path_text(path: tuple[Any, ...]) -> str:
@@ -315,21 +299,14 @@ class CompiledStep:
         Returns the new state and, under loss scaling, whether the gradients overflowed (else ``None``).
         """
         plan = self.plan
-        grads = _emit_all(plan.gradient_sync, grads)
+        grads = sync_gradients(plan.gradient_sync, grads)
         loss_scale = state.loss_scale
         if loss_scale is None:
-            return state.apply_update(grads), None
-        grads = jax.tree.map(lambda g: g / loss_scale.scale.astype(g.dtype), grads)
-        count = nonfinite_count(grads)
-        for collective in plan.nonfinite_count:
-            # Split gradients differ across TP shards and pipeline stages: every device must agree.
-            count = collective(ensure_varying(count, collective.node.axes))
-        finite = count == 0
-        updated = state.apply_update(grads)
-        kept = _select(finite, updated, state)
-        new_state = kept.replace(
-            step=state.step + 1, loss_scale=loss_scale.adjust(finite, plan.loss_scale_growth_interval)
-        )
+            return apply_optimizer(state, grads), None
+        grads = unscale_gradients(grads, loss_scale.scale)
+        finite = count_nonfinite(grads, plan.nonfinite_count) == 0
+        kept = keep_where(finite, apply_optimizer(state, grads), state)
+        new_state = kept.replace(loss_scale=loss_scale.adjust(finite, plan.loss_scale_growth_interval))
         return new_state, ~finite
 
     def _context(self, state: StepState, accumulate: bool, microbatch: Any = None) -> StepContext:
@@ -350,8 +327,8 @@ class CompiledStep:
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
         plan = self.plan
-        seen = state.replace(params=_cast_floating(make_varying(state.params, plan.dp_axes), plan.compute_dtype))
-        batch = _cast_floating(batch, plan.compute_dtype)
+        seen = state.replace(params=cast_floating(make_varying(state.params, plan.dp_axes), plan.compute_dtype))
+        batch = cast_floating(batch, plan.compute_dtype)
         if plan.accumulate_steps == 1:
             ctx = self._context(state, accumulate=False)
             with ctx.active(), self._pipeline_used_check(ctx):
@@ -365,7 +342,7 @@ class CompiledStep:
         recorder = active_recorder()
         if recorder is not None:
             recorder.applies_update = applies
-        metrics = _emit_all(plan.metric_reduce, _cast_floating(metrics, plan.output_dtype))
+        metrics = reduce_metrics(plan.metric_reduce, metrics, plan.output_dtype)
         if applies:
             new_state, metrics = self._guarded(state, new_state, metrics, overflow)
         return new_state, metrics
@@ -395,7 +372,7 @@ class CompiledStep:
                     'return the loss as metrics["loss"], or build the Engine with nonfinite="raise"',
                 )
             finite = jnp.all(jnp.isfinite(metrics["loss"]))
-            new_state = _select(finite, new_state, state).replace(step=new_state.step, loss_scale=new_state.loss_scale)
+            new_state = keep_where(finite, new_state, state)
             metrics["skipped"] = (~finite).astype(jnp.float32)
         return new_state, metrics
 
