@@ -85,7 +85,8 @@ def test_compile_dump_ir_formats(fmt, capsys):
         assert out.startswith("digraph plan_ir {") and '"pp" -> "stage.0" [label="contains"];' in out
     else:
         assert (
-            '%pp = parallel_dim.pipeline {axes = ("pipe"), microbatches = 4, schedule = "1f1b", blocks = "block"' in out
+            '%pp = parallel_dim.pipeline {axes = ("pipe"), microbatches = 4, schedule = "1f1b", blocks = "blocks"'
+            in out
         )
 
 

@@ -186,3 +186,14 @@ def test_loader_and_logger_options_are_checked():
         tx.data.ArrayLoader({"x": np.zeros((4, 1)), "n": np.float32(3)}, batch_size=2)
     with pytest.raises(tx.TrainingError, match="TX722.*precision"):
         tx.loggers.Basic(precision="6")
+
+
+def test_progress_without_a_terminal_prints_plain_lines_per_log_interval(capsys):
+    engine = make_engine()
+    data = tx.data.ArrayLoader(arrays(), batch_size=16)
+    engine.fit(train_step, data, steps=8, log_every=4, progress=True, state=engine.create_state(init_mlp()))
+    err = capsys.readouterr().err
+    assert "\r" not in err, "no redrawn bar when standard error is not a terminal"
+    lines = [line for line in err.splitlines() if line.startswith("[titanax] step")]
+    assert [line.split()[2] for line in lines] == ["4/8", "8/8"]
+    assert all("loss=" in line and "steps/s" in line for line in lines)

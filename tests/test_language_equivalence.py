@@ -20,13 +20,14 @@ PYTHON_PLANS = {
             tensor_parallel=tx.TP(
                 axis="model",
                 rules={
-                    "*/attn/qkv/w": "column",
-                    "*/attn/qkv/b": "column",
-                    "*/attn/out/w": "row",
-                    "*/mlp/up/w": "column",
-                    "*/mlp/up/b": "column",
-                    "*/mlp/down/w": "row",
+                    "**/attn/qkv/w": "column",
+                    "**/attn/qkv/b": "column",
+                    "**/attn/out/w": "row",
+                    "**/mlp/up/w": "column",
+                    "**/mlp/up/b": "column",
+                    "**/mlp/down/w": "row",
                     "embed/tokens": ("model", None),
+                    "head/w": "column",
                 },
             ),
         ),
@@ -39,7 +40,12 @@ PYTHON_PLANS = {
                 axis="pipe",
                 microbatches=8,
                 schedule="1f1b",
-                stages=[("embed", "block[0:3]"), ("block[3:6]",), ("block[6:9]",), ("block[9:12]", "head")],
+                stages=[
+                    ("embed", "pos", "blocks[0:3]"),
+                    ("blocks[3:6]",),
+                    ("blocks[6:9]",),
+                    ("blocks[9:12]", "ln_f", "head"),
+                ],
             ),
         ),
     ),
@@ -49,14 +55,23 @@ PYTHON_PLANS = {
             data_parallel=tx.DP(axis="data", accumulate_steps=1),
             tensor_parallel=tx.TP(
                 axis="model",
-                rules={"*/attn/qkv/w": "column", "*/attn/out/w": "row", "*/mlp/up/w": "column", "*/mlp/down/w": "row"},
+                rules={
+                    "**/attn/qkv/w": "column",
+                    "**/attn/qkv/b": "column",
+                    "**/attn/out/w": "row",
+                    "**/mlp/up/w": "column",
+                    "**/mlp/up/b": "column",
+                    "**/mlp/down/w": "row",
+                    "embed/tokens": "row",
+                    "head/w": "column",
+                },
                 sequence_parallel=False,
             ),
             pipeline_parallel=tx.PP(
                 axis="pipe",
                 microbatches=4,
                 schedule="1f1b",
-                stages=[("embed", "block[0:6]"), ("block[6:12]", "head")],
+                stages=[("embed", "pos", "blocks[0:6]"), ("blocks[6:12]", "ln_f", "head")],
             ),
             precision=tx.Precision(params="float32", compute="bfloat16", output="float32"),
         ),
@@ -86,9 +101,9 @@ def test_dump_ir_from_the_command_line_matches_python(name, capsys):
 def test_file_nodes_carry_locations_python_nodes_do_not():
     from_file = tx.load_plan(PLANS / "3d.tx").build_ir()
     from_python = build_ir(*PYTHON_PLANS["3d.tx"])
-    assert str(from_file.node("stage.1").location).endswith("3d.tx:26:3")
+    assert str(from_file.node("stage.1").location).endswith("3d.tx:32:3")
     assert from_python.node("stage.1").location is None
-    assert "3d.tx:26:3" in print_ir(from_file, locations=True)
+    assert "3d.tx:32:3" in print_ir(from_file, locations=True)
 
 
 def test_loaded_plan_runs_in_the_engine():

@@ -79,8 +79,8 @@ def test_csv_overwrites_unless_append_resumes(tmp_path):
     path = tmp_path / "metrics.csv"
     path.write_text("stale\n")
     first = loggers.CSV(path)
-    assert path.read_text() == ""
     first.log(1, {"loss": 1.5})
+    assert "stale" not in path.read_text()
     first.log(2, {"loss": 1.25})
     first.close()
 
@@ -211,3 +211,43 @@ def test_every_must_be_a_positive_integer(tmp_path, every):
         with pytest.raises(tx.TrainingError, match=f"every={every!r}"):
             make()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_file_loggers_of_a_resumed_run_append_after_the_restored_step(tmp_path):
+    """The default append=None: fit(resume=True) calls resume(step); rows after it are dropped."""
+    csv_path, jsonl_path = tmp_path / "m.csv", tmp_path / "m.jsonl"
+    first = [loggers.CSV(csv_path), loggers.JSONL(jsonl_path)]
+    for logger in first:
+        for step in (1, 2, 3, 4):  # interrupted after step 4; the checkpoint holds step 2
+            logger.log(step, {"loss": float(step)})
+        logger.close()
+    second = [loggers.CSV(csv_path), loggers.JSONL(jsonl_path)]
+    for logger in second:
+        logger.resume(2)
+        for step in (3, 4, 5):
+            logger.log(step, {"loss": 10.0 + step})
+        logger.close()
+    assert [row[0] for row in read_csv(csv_path)] == ["step", "1", "2", "3", "4", "5"]
+    assert read_csv(csv_path)[3] == ["3", "13.0"]
+    records = [json.loads(line) for line in jsonl_path.read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in records] == [(1, 1.0), (2, 2.0), (3, 13.0), (4, 14.0), (5, 15.0)]
+    fresh = loggers.JSONL(jsonl_path)  # no resume: a fresh run overwrites
+    fresh.log(1, {"loss": 0.5})
+    fresh.close()
+    assert len(jsonl_path.read_text().splitlines()) == 1
+
+
+def test_basic_lines_go_through_the_progress_bar(monkeypatch):
+    import io
+
+    from tqdm import tqdm
+
+    written = []
+    real = tqdm.write
+    monkeypatch.setattr(
+        tqdm, "write", classmethod(lambda cls, text, file=None, **kw: written.append(text) or real(text, file=file))
+    )
+    stream = io.StringIO()
+    loggers.Basic(stream=stream).log(3, {"loss": 0.5})
+    assert written == ["[titanax] step 3 | loss=0.5"]
+    assert stream.getvalue() == "[titanax] step 3 | loss=0.5\n"

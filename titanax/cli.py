@@ -20,9 +20,10 @@ from collections.abc import Sequence
 from titanax import __version__
 from titanax.errors import MeshError, PlanError, TitanaxError
 from titanax.frontend import DP, MeshSpec, Plan
-from titanax.frontend.language import SourceFile, format_plan, parse
+from titanax.frontend.language import format_plan, parse
 from titanax.ir import PlanIR, ir_to_dot, ir_to_json, print_ir, schedule_from_ir
-from titanax.loader import LoadedPlan, load_plan, read_source
+from titanax.launch import GRACE_S, launch
+from titanax.loader import LoadedPlan, load_plan, read_bounded, read_source
 from titanax.passes import (
     DEFAULT_PASSES,
     PASS_REGISTRY,
@@ -93,9 +94,11 @@ def _bytes_text(count: int | None) -> str:
 
 
 def _runs_text(collective) -> str:
+    """How often a collective runs, for the summary (``executions`` and ``cadence`` of its node)."""
+    per = "in the loops around it" if collective.cadence == "traced" else f"once per {collective.cadence}"
     if collective.executions is None:
-        return f"once per {collective.cadence}, trip count unknown"
-    return f"{collective.executions} times per step, once per {collective.cadence}"
+        return f"{per}, trip count unknown"
+    return f"{collective.executions} times per step, {per}"
 
 
 def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
@@ -244,7 +247,7 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
     status = 0
     for path in args.files:
         try:
-            source = SourceFile.from_bytes("<stdin>", sys.stdin.buffer.read()) if path == "-" else read_source(path)
+            source = read_bounded(sys.stdin.buffer, "<stdin>") if path == "-" else read_source(path)
             formatted = format_plan(parse(source))
         except TitanaxError as err:
             _report(err)
@@ -294,10 +297,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from titanax.launch import launch
-
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    result = launch(command, processes=args.processes, devices_per_process=args.devices_per_process, port=args.port)
+    result = launch(
+        command,
+        processes=args.processes,
+        devices_per_process=args.devices_per_process,
+        port=args.port,
+        timeout_s=args.timeout,
+        grace_s=args.grace,
+    )
     return result.status
 
 
@@ -429,15 +437,39 @@ def _parser() -> argparse.ArgumentParser:
         "--devices-per-process", type=int, help="simulated CPU devices per process (sets XLA_FLAGS; CPU only)"
     )
     launch.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
+    launch.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="stop every process and exit with 124 if the run takes longer (a hung rank is found no other way)",
+    )
+    launch.add_argument(
+        "--grace",
+        type=float,
+        default=GRACE_S,
+        metavar="SECONDS",
+        help=f"how long processes get after each signal before a stronger one (default: {GRACE_S:g})",
+    )
     launch.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run, e.g. python train.py")
     launch.set_defaults(run=_cmd_launch)
     return parser
+
+
+def _check_devices(args: argparse.Namespace) -> None:
+    devices = getattr(args, "devices", None)
+    if devices is not None and devices < 1:
+        raise MeshError.single(
+            "TX111",
+            f"--devices {devices} must be at least 1",
+            "give the number of devices of the target, e.g. --devices 8, or leave it out to use the mesh's own count",
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (1 for any Titanax error, 2 for a bug)."""
     args = _parser().parse_args(argv)
     try:
+        _check_devices(args)
         return args.run(args)
     except TitanaxError as err:
         _report(err)

@@ -31,12 +31,19 @@ PLANS = Path(__file__).parent / "plans"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--plan", default="dp_tp", help="dp, tp, dp_tp, dp_tp_sp, dp_pp, 3d, or the path of a .tx plan")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=32, help="global batch (a multiple of the DP size)")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=300, help="training steps")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="sequences per step, in all: a multiple of the DP size (times the microbatches under a pipeline)",
+    )
+    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
+    parser.add_argument("--log-every", type=int, default=50, help="print the training loss every this many steps")
     args = parser.parse_args()
 
     plan_path = Path(args.plan) if args.plan.endswith(".tx") else PLANS / f"{args.plan}.tx"

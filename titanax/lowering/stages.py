@@ -10,7 +10,10 @@ pipeline program) a training step runs a chain of these, in order:
 4. :func:`apply_optimizer`: the optax update on each device's shards;
 5. :func:`keep_where`: the new parameters and optimizer state only where a
    flag holds (a skipped overflow or a non-finite loss keeps the old ones);
-6. :func:`reduce_metrics`: the output dtype and the IR's metric collectives.
+6. :func:`reduce_metrics`: the output dtype and the IR's metric collectives;
+7. :func:`state_is_finite`: under ``nonfinite="skip"``, whether the updated
+   parameters and optimizer state hold no Inf or NaN, so that an update that
+   overflowed is refused although its loss was finite.
 
 Each takes and returns plain values (no step object), in the style of optax's
 transformations; ``CompiledStep`` wires them together.
@@ -34,6 +37,7 @@ __all__ = [
     "emit_all",
     "keep_where",
     "reduce_metrics",
+    "state_is_finite",
     "sync_gradients",
     "unscale_gradients",
 ]
@@ -92,3 +96,16 @@ def keep_where(keep_new: jax.Array, new: StepState, old: StepState) -> StepState
 def reduce_metrics(collectives: tuple[IRCollective, ...], metrics: Any, output_dtype: str | None) -> Any:
     """Floating metrics in the output dtype, through the IR's metric collectives (a DP mean)."""
     return emit_all(collectives, cast_floating(metrics, output_dtype))
+
+
+def state_is_finite(state: StepState) -> jax.Array:
+    """Whether the floating arrays of ``state``'s parameters and optimizer state hold no Inf or NaN.
+
+    One max-of-absolute-values reduction per array (``max`` propagates NaN, and Inf is its own
+    maximum), the cheapest exact check XLA:CPU ran. It reads this device's shards only and
+    communicates nothing: where the state is split over tensor or pipeline axes the result
+    differs across devices, and its type says it varies along them.
+    """
+    leaves = jax.tree.leaves((state.params, state.opt_state))
+    largest = [jnp.max(jnp.abs(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact) and x.size]
+    return jnp.all(jnp.isfinite(jnp.stack(largest))) if largest else jnp.asarray(True)

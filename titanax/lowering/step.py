@@ -39,8 +39,10 @@ from jax.sharding import Mesh, NamedSharding
 
 from titanax.errors import BatchError, Diagnostic, StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering.collectives import make_varying
+from titanax.lowering.collectives import make_varying, varying_axes
 from titanax.lowering.context import StepContext, StepState, active_recorder, recording
+from titanax.lowering.contracts import check_live_arrays, check_step_result
+from titanax.lowering.partial_sums import check_partial_sums
 from titanax.lowering.pipeline import PipelineProgram
 from titanax.lowering.placement import global_shapes, place_global_batch
 from titanax.lowering.report import StepReport
@@ -50,6 +52,7 @@ from titanax.lowering.stages import (
     count_nonfinite,
     keep_where,
     reduce_metrics,
+    state_is_finite,
     sync_gradients,
     unscale_gradients,
 )
@@ -85,7 +88,10 @@ def _explained_varying_outputs() -> Iterator[None]:
             "TX509",
             "a value the step returns (new state or metrics) differs across devices where the plan says it is "
             f"replicated; JAX says: {first_line[:300]}",
-            "reduce metrics over the axes they vary along (e.g. tx.collectives.pmean(x, 'model')); an optimizer "
+            "if the value comes from a matmul over a dimension split over a tensor-parallel axis (a row-parallel "
+            "layer), its result is a partial sum: add tx.collectives.psum(y, 'model') right after that matmul "
+            "(reducing only the metric would train a different model; TX518 then points at the line); a metric "
+            "that is meant to differ per device is reduced with tx.collectives.pmean(x, 'model'); an optimizer "
             "that mixes split and whole parameters, such as optax.clip_by_global_norm, must count split ones "
             "whole: use tx.optim.clip_by_global_norm",
         ) from None
@@ -145,6 +151,7 @@ class CompiledStep:
     # -- call path --------------------------------------------------------
     def __call__(self, state: Any, batch: Any) -> tuple[Any, Any]:
         """Run one step: ``(state, batch) -> (new_state, metrics)``."""
+        check_live_arrays(state, batch)
         with _explained_varying_outputs():
             placed = self.place_batch(batch)
             if self.report is None:
@@ -168,6 +175,7 @@ class CompiledStep:
             jaxpr = jax.make_jaxpr(program)(state, placed)
         collectives = traced_collectives(jaxpr)
         check_emitted(collectives, self.ir)
+        check_partial_sums(jaxpr, self.plan.tp_axes)
         return StepReport(
             applies_update=bool(recorder.applies_update),
             collectives=collectives,
@@ -332,7 +340,7 @@ class CompiledStep:
         if plan.accumulate_steps == 1:
             ctx = self._context(state, accumulate=False)
             with ctx.active(), self._pipeline_used_check(ctx):
-                returned, metrics = self.fn(seen, batch)
+                returned, metrics = check_step_result(self.fn(seen, batch), type(state))
             # What the user returns after apply_gradients (clipped, replaced...) is kept; a step
             # that never applied gradients returns the replicated input state unchanged.
             new_state = returned if ctx.called else state
@@ -348,8 +356,14 @@ class CompiledStep:
         return new_state, metrics
 
     def _guarded(self, state: StepState, new_state: Any, metrics: Any, overflow: Any) -> tuple[Any, Any]:
-        """Report the loss scale, and under ``nonfinite="skip"`` keep the old parameters when the loss is
-        not finite. The reduced loss is the same on every device, so no collective is needed to agree."""
+        """Report the loss scale, and under ``nonfinite="skip"`` keep the old parameters when the loss or
+        the updated state is not finite (a finite loss can come with an update that overflows).
+
+        The reduced loss is the same on every device, so it decides with no collective. So does the
+        check of the new state where the state is whole on every device (no tensor or pipeline split;
+        its type then says it does not vary). A split state would need a collective the IR does not
+        declare to agree, so there only the loss decides, and the save refuses a non-finite state.
+        """
         if not isinstance(metrics, Mapping):
             if self.skip_nonfinite:
                 raise StepFnError.single(
@@ -372,6 +386,9 @@ class CompiledStep:
                     'return the loss as metrics["loss"], or build the Engine with nonfinite="raise"',
                 )
             finite = jnp.all(jnp.isfinite(metrics["loss"]))
+            state_finite = state_is_finite(new_state)
+            if not varying_axes(state_finite):
+                finite = finite & state_finite
             new_state = keep_where(finite, new_state, state)
             metrics["skipped"] = (~finite).astype(jnp.float32)
         return new_state, metrics
@@ -391,7 +408,7 @@ class CompiledStep:
             ctx = self._context(state, accumulate=True, microbatch=index)
             traced.append(ctx)
             with ctx.active():
-                returned, metrics = self.fn(seen, microbatch)
+                returned, metrics = check_step_result(self.fn(seen, microbatch), type(state))
             if not ctx.called:  # an evaluation step: nothing to accumulate
                 return grad_sum, metrics
             if returned is not ctx.returned:

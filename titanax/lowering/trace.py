@@ -20,7 +20,7 @@ from titanax.errors import Diagnostic, IRVerificationError
 from titanax.ir import CollectiveNode, PlanIR, TracedCollective
 from titanax.lowering.collectives import node_id_of_scope
 
-__all__ = ["check_emitted", "traced_collectives"]
+__all__ = ["check_emitted", "source_line", "traced_collectives"]
 
 # JAX primitive -> (XLA op, reduction). pvary / pcast only change a value's type.
 _PRIMITIVES: dict[str, tuple[str, str | None]] = {
@@ -56,8 +56,9 @@ _HELPERS = ("titanax/runtime/collectives.py", "titanax/lowering/collectives.py")
 """Files whose frames are skipped when naming where a collective came from."""
 
 
-def _where(eqn: Any) -> str:
-    """The first frame outside JAX and outside Titanax's thin collective helpers."""
+def source_line(eqn: Any) -> str:
+    """Where a jaxpr equation came from: the first frame outside JAX and outside Titanax's thin
+    collective helpers, as ``file:line (function)``."""
     try:
         from jax._src import source_info_util
 
@@ -135,7 +136,7 @@ def traced_collectives(closed_jaxpr: Any) -> tuple[TracedCollective, ...]:
                 axes=axes,
                 payload=_payload(eqn),
                 primitive=eqn.primitive.name,
-                where="titanax" if node_id else _where(eqn),
+                where="titanax" if node_id else source_line(eqn),
                 backward="transpose" in name_stack,
                 executions=executions,
                 conditional=conditional,

@@ -85,8 +85,10 @@ class CheckMesh(Pass):
         if requested is not None and available is not None and requested > available:
             ctx.error(
                 "TX104",
-                f"the mesh asks for {requested} devices but only {available} are available",
-                f"use at most {available} devices, or run on a machine with more",
+                f"the mesh asks for {requested} devices but only {available} "
+                + ("is" if available == 1 else "are")
+                + " available",
+                f"use at most {available} devices, or run on a machine with more" + _cpu_hint(ctx, requested),
                 where,
             )
             return
@@ -119,6 +121,16 @@ class CheckMesh(Pass):
             ctx.error(
                 "TX103",
                 f"mesh axis sizes ({_shape_text(axes)}) multiply to {fixed} but there are {count} devices",
-                hint,
+                hint + (_cpu_hint(ctx, fixed) if fixed > count else ""),
                 where,
             )
+
+
+def _cpu_hint(ctx: PassContext, wanted: int) -> str:
+    """On CPU, how to get more (simulated) devices: XLA's flag, set before JAX starts."""
+    if ctx.target.platform != "cpu":
+        return ""
+    return (
+        f"; on CPU, simulate {wanted} devices with XLA_FLAGS=--xla_force_host_platform_device_count={wanted} "
+        "set before JAX is imported"
+    )

@@ -63,6 +63,27 @@ def _check_optimizer(optimizer: Any) -> None:
     )
 
 
+def _check_trainable(params: Any) -> None:
+    """Every parameter leaf is a floating array (gradients exist only for those): TX723 otherwise."""
+    problems = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        try:
+            dtype = leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
+        except TypeError:
+            problems.append(f"{jax.tree_util.keystr(path)} is a {type(leaf).__name__}")
+            continue
+        if not jnp.issubdtype(dtype, jnp.floating):
+            problems.append(f"{jax.tree_util.keystr(path)} has dtype {dtype}")
+    if problems:
+        listing = "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+        raise TrainingError.single(
+            "TX723",
+            f"create_state(params) takes trainable floating-point arrays only, but {listing}",
+            "keep integer tables, step counters and other non-trainable values out of params: in the batch, in "
+            "a closure of the step function, or converted to float if they are meant to train",
+        )
+
+
 class Engine:
     """The mesh, the compiled plan, the optimizer and the loggers of a training run.
 
@@ -160,14 +181,16 @@ class Engine:
 
         ``seed`` makes the state's RNG key (see :meth:`TrainState.rng_key`).
         """
+        _check_trainable(params)
+        stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
+        # Layouts first: a rule that does not fit is reported before any array is copied or compiled.
+        resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
+        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
         # A real copy, with an explicit dtype: device_put(may_alias=False) still reuses an
         # uncommitted array's buffer for a multi-device sharding (seen with jax 0.10.2), and
         # donation would then delete the caller's array. The explicit dtype drops JAX's
         # weak types, which step outputs never carry (a weak input would recompile).
         params = jax.tree.map(lambda x: jnp.array(x, dtype=self._master_dtype(jnp.asarray(x).dtype), copy=True), params)
-        stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
-        resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
-        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
         specs = param_specs(self.ir, params)
         params = jax.tree.map(lambda x, spec: place_global(x, NamedSharding(self.mesh, spec)), params, specs)
         opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, specs)
@@ -219,6 +242,8 @@ class Engine:
         """Save ``state`` as a checkpoint of the current host step (asynchronously unless configured not to).
 
         Every process must call it; orbax writes each array's shards from the process that holds them.
+        The first save makes this engine the directory's only writer (another run writing there is
+        TX707). A state holding Inf or NaN values is not saved (TX712); a failure to write is TX706.
         """
         self.checkpointer.save(
             state,
@@ -234,8 +259,10 @@ class Engine:
         ``state`` comes from this engine's :meth:`create_state` and says where each
         array goes: the checkpoint may have been saved under another mesh, plan or
         process count. Sets :attr:`host_step` and :attr:`data_position` from it.
-        A checkpoint of another model, a foreign directory or damaged files raise
-        :class:`~titanax.CheckpointError` and leave ``state`` untouched.
+        A checkpoint of another model, a foreign directory, damaged files, an array whose
+        checksum differs from the one saved (TX708) or metadata that breaks its schema (TX709)
+        raise :class:`~titanax.CheckpointError`, and Inf or NaN values :class:`~titanax.NonFiniteError`
+        (TX712); each leaves ``state`` and :attr:`host_step` untouched.
         """
         tree, meta = self.checkpointer.restore(state, step)
         self.host_step = int(meta["host_step"])

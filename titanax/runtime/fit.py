@@ -10,21 +10,25 @@ and throughput are measured over the interval, after ``block_until_ready``.
 
 Checkpoints are saved every ``Checkpoint.every`` steps and after the last one;
 ``resume=True`` restores the newest complete checkpoint first and goes on from
-its step and data position.
+its step and data position. ``fit`` first becomes the checkpoint directory's
+only writer (another run writing there is TX707), and a save refuses a state
+holding Inf or NaN, which an update can produce although its loss was finite:
+``fit`` then stops with TX711 and the earlier checkpoints stay.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
 from titanax.errors import CheckpointError, Diagnostic, NonFiniteError, TrainingError
+from titanax.runtime.checkpoint import NonFiniteStateError
 from titanax.runtime.data import PerProcess
 from titanax.runtime.state import TrainState
 
@@ -114,19 +118,42 @@ class _LossWatch:
         if self.engine.nonfinite == "skip":
             return  # those steps kept their parameters; the metrics say "skipped"
         step, value = bad[0]
-        last = None
-        if self.engine.checkpoint is not None:
-            last = self.engine.checkpointer.latest_step()
         raise NonFiniteError(
             Diagnostic(
                 code="TX710",
                 message=f"the loss is {value} at step {step}"
                 + (f" ({len(bad)} non-finite losses in steps {bad[0][0]}..{bad[-1][0]})" if len(bad) > 1 else ""),
                 hint="lower the learning rate or clip gradients, check the batch at that step, or build the Engine "
-                "with nonfinite='skip' to drop such updates"
-                + (f"; the last checkpoint is step {last}" if last is not None else ""),
+                "with nonfinite='skip' to drop such updates" + self.last_checkpoint(),
             )
         )
+
+    def last_checkpoint(self) -> str:
+        """``"; the last checkpoint is step N"`` for a hint, or nothing."""
+        if self.engine.checkpoint is None:
+            return ""
+        last = self.engine.checkpointer.latest_step()
+        return f"; the last checkpoint is step {last}" if last is not None else ""
+
+
+def _save_checked(engine: Engine, state: TrainState, step: int, watch: _LossWatch) -> None:
+    """Save ``state`` as step ``step``. The save itself refuses a state holding Inf or NaN (TX712); no
+    step with a non-finite loss was applied (``watch`` checked them, or they were skipped), so an update
+    with a finite loss overflowed: TX711."""
+    try:
+        engine.save(state)
+    except NonFiniteStateError as refused:
+        where = ", ".join(f"{path}: {count}" for path, count in list(refused.arrays.items())[:5])
+        raise NonFiniteError(
+            Diagnostic(
+                code="TX711",
+                message=f"the parameters or optimizer state after step {step} hold Inf or NaN values ({where}), "
+                "though no step with a non-finite loss was applied: an update whose loss was finite overflowed; "
+                f"step {step} was not saved",
+                hint="lower the learning rate or clip gradients (tx.optim.clip_by_global_norm); with "
+                "nonfinite='skip' a data-parallel step refuses such an update" + watch.last_checkpoint(),
+            )
+        ) from None
 
 
 def _host_scalars(metrics: Any) -> dict[str, float]:
@@ -136,16 +163,38 @@ def _host_scalars(metrics: Any) -> dict[str, float]:
     return {name: float(value) for name, value in fetched.items()}
 
 
-def _progress_bar(enabled: bool, total: int, initial: int) -> Any:
+class _PlainProgress:
+    """Progress for output that is not a terminal (a file, a pipe, ``titanax launch``): no redrawn bar,
+    one plain line per log interval on process 0, and none when a ``Basic`` logger already prints one."""
+
+    def __init__(self, total: int, initial: int, quiet: bool):
+        self.total, self.step, self.quiet = total, initial, quiet
+        self.start, self.start_step = time.perf_counter(), initial
+
+    def update(self, count: int) -> None:
+        self.step += count
+
+    def set_postfix(self, **values: Any) -> None:
+        if self.quiet:
+            return
+        rate = (self.step - self.start_step) / max(time.perf_counter() - self.start, 1e-9)
+        extra = " ".join(f"{name}={value}" for name, value in values.items() if name != "refresh")
+        sys.stderr.write(f"[titanax] step {self.step}/{self.total} ({rate:.3g} steps/s) {extra}\n".rstrip() + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """Nothing to clear."""
+
+
+def _progress_bar(enabled: bool, total: int, initial: int, loggers: Sequence[Any]) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(
-        total=total,
-        initial=initial,
-        unit="step",
-        dynamic_ncols=True,
-        disable=not enabled or jax.process_index() != 0,
-    )
+    show = enabled and jax.process_index() == 0
+    if show and not sys.stderr.isatty():
+        from titanax.runtime.loggers import Basic
+
+        return _PlainProgress(total, initial, quiet=any(isinstance(logger, Basic) for logger in loggers))
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not show)
 
 
 def fit(
@@ -213,9 +262,15 @@ def fit(
     if log_every is None:
         log_every = min((logger.every for logger in engine.loggers), default=100)
     resumed_from = None
+    if engine.checkpoint is not None:
+        engine.checkpointer.acquire()  # one writer per directory: another run writing there is TX707
     if resume and engine.checkpointer.latest_step() is not None:
         state = engine.restore(state)
         resumed_from = engine.data_position
+        for logger in engine.loggers:
+            # File loggers append after the rows up to the restored step instead of starting over.
+            if hasattr(logger, "resume"):
+                logger.resume(engine.host_step)
     elif engine.checkpoint is not None and (later := engine.checkpointer.steps_of_other_runs(engine.host_step)):
         raise CheckpointError.single(
             "TX707",
@@ -226,7 +281,7 @@ def fit(
 
     next_batch = _batch_source(data, skip=resumed_from or 0, engine=engine)
     watch = _LossWatch(engine)
-    bar = _progress_bar(progress, steps, min(engine.host_step, steps))
+    bar = _progress_bar(progress, steps, min(engine.host_step, steps), engine.loggers)
     window_start, window_steps, window_examples = time.perf_counter(), 0, 0
     previous: Any = None
     try:
@@ -265,8 +320,8 @@ def fit(
                     scalars["tokens_per_s"] = window_examples * tokens_per_sample / elapsed
                 # Each logger still keeps its own interval; the last step reaches all of them.
                 engine.log(scalars, step, force=last)
-                if "loss" in scalars:
-                    bar.set_postfix(loss=f"{scalars['loss']:.4g}", refresh=False)
+                shown = {"loss": f"{scalars['loss']:.4g}"} if "loss" in scalars else {}
+                bar.set_postfix(refresh=False, **shown)
             if eval_fn is not None and ((eval_every and step % eval_every == 0) or last):
                 watch.check()
                 results = {f"eval_{name}": value for name, value in _host_scalars(eval_fn(state)).items()}
@@ -274,16 +329,25 @@ def fit(
                 engine.log(results, step, force=True)
             if engine.checkpoint is not None and (step % engine.checkpoint.every == 0 or last):
                 watch.check()  # never save a state that a non-finite loss has already spoiled
-                engine.save(state)
+                _save_checked(engine, state, step, watch)
             if step % log_every == 0 or last:
                 window_start, window_steps, window_examples = time.perf_counter(), 0, 0
         watch.check()
-    except BaseException:
+    except BaseException as stopped:
         bar.close()
         # Let pending saves finish, but report the error that stopped training, not theirs.
         if engine._checkpointer is not None:
-            with contextlib.suppress(Exception):
+            try:
                 engine._checkpointer.wait()
+            except KeyboardInterrupt:
+                unfinished = engine._checkpointer.pending_steps()
+                stopped.add_note(
+                    "titanax: interrupted again while checkpoint step(s) "
+                    f"{unfinished or '?'} were being written; an unfinished step is never read, and its "
+                    "temporary files are removed when a run next writes to that directory"
+                )
+            except Exception:  # noqa: BLE001 - the error that stopped training is the one to report
+                pass
         raise
     bar.close()
     if engine._checkpointer is not None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol, TextIO
 
 import jax
+from tqdm import tqdm
 
 from titanax.errors import TrainingError
 from titanax.runtime.distributed import ENV_PROCESS_ID
@@ -99,7 +100,8 @@ class Basic:
             return
         values = " ".join(f"{name}={value:.{self.precision}g}" for name, value in sorted(metrics.items()))
         stream = self._stream or sys.stderr
-        stream.write(f"[titanax] step {step} | {values}\n")
+        # Through tqdm: a progress bar on the same stream is cleared and redrawn below the line.
+        tqdm.write(f"[titanax] step {step} | {values}", file=stream)
         stream.flush()
 
     def close(self) -> None:
@@ -108,38 +110,120 @@ class Basic:
             (self._stream or sys.stderr).flush()
 
 
-class CSV:
+class _FileLogger:
+    """What ``CSV`` and ``JSONL`` share: process 0 only, a file opened at the first row, and the
+    choice between overwriting and appending.
+
+    ``append=None`` (the default) overwrites the file for a fresh run and appends when ``fit(resume=True)``
+    resumes from a checkpoint: :meth:`resume` is told the restored step, and rows logged after it by the
+    run that was interrupted are dropped (the resumed run logs those steps again). ``append=True`` always
+    keeps the file's rows, ``append=False`` always overwrites.
+    """
+
+    owner = "logger"
+
+    def __init__(self, path: str | os.PathLike[str], every: int, append: bool | None):
+        self.every = _check_every(self.owner, every)
+        if append not in (None, True, False):
+            raise TrainingError.single(
+                "TX722",
+                f"{self.owner}(append={append!r}) must be None, True or False",
+                "leave it out: a resumed fit() appends by itself",
+            )
+        self.path = Path(path)
+        self.append = append
+        self._active = _on_process_zero()
+        self._resume_step: int | None = None
+        self._opened = False
+        self._closed = False
+        if self._active:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def resume(self, step: int) -> None:
+        """Called by ``fit`` after restoring checkpoint ``step``: append after the rows up to ``step``
+        (unless built with ``append=False``)."""
+        if self.append is not False and not self._opened:
+            self._resume_step = step
+
+    def _ensure_open(self, step: int) -> None:
+        if self._closed:
+            raise TrainingError.single(
+                "TX722", f"{self.owner}.log(step={step}) after close() of {self.path}", "log before engine.close()"
+            )
+        if self._opened:
+            return
+        self._opened = True
+        keep = self.append is True or self._resume_step is not None
+        if keep and self.path.exists():
+            self._open_appending(self._resume_step)
+        else:
+            self._open_fresh()
+
+    def _open_fresh(self) -> None:
+        raise NotImplementedError
+
+    def _open_appending(self, up_to: int | None) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the file; logging after this is TX722."""
+        self._closed = True
+        if self._opened:
+            self._release()
+
+
+def _rewrite(path: Path, keep: list[str]) -> None:
+    """Replace ``path``'s text with ``keep`` (lines with their newlines), through a file beside it so
+    that a crash mid-rewrite leaves the old file whole."""
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text("".join(keep), newline="")
+    os.replace(scratch, path)
+
+
+class CSV(_FileLogger):
     """Write one CSV row per logged step: a ``step`` column, then one column per metric name, sorted.
 
     A metric name that first appears at a later step (eval metrics, say) widens the header: the file is rewritten
-    with the new column, earlier rows keep their values and get empty cells for it. With ``append=True`` an existing
-    file's header and rows are kept and new rows go after them, for resumed runs; otherwise the file is overwritten.
+    with the new column, earlier rows keep their values and get empty cells for it. A resumed ``fit`` appends
+    after the rows of the run it continues (see ``append`` in :class:`_FileLogger`); a fresh run overwrites.
 
     Example: ``tx.loggers.CSV("runs/exp1/metrics.csv", every=10)``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], every: int = 1, append: bool = False):
-        self.every = _check_every("CSV", every)
-        self.path = Path(path)
-        self._active = _on_process_zero()
+    owner = "CSV"
+
+    def __init__(self, path: str | os.PathLike[str], every: int = 1, append: bool | None = None):
+        super().__init__(path, every, append)
         self._fieldnames: list[str] = []
         self._file: TextIO | None = None
         self._writer: csv.DictWriter | None = None
-        if not self._active:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if append and self.path.exists():
+        if self._active and append is True and self.path.exists():
+            self._header()  # refuse a file another program wrote now, not at the first row
+
+    def _header(self) -> list[str]:
+        with self.path.open(newline="") as file:
+            header = next(csv.reader(file), [])
+        if header and header[0] != "step":
+            raise TrainingError.single(
+                "TX722",
+                f"CSV(append=True): {self.path} starts with column {header[0]!r}, not 'step'",
+                "append only to a file a CSV logger wrote, or give a new path",
+            )
+        return header
+
+    def _open_fresh(self) -> None:
+        self._open("w", [])
+
+    def _open_appending(self, up_to: int | None) -> None:
+        header = self._header()
+        if up_to is not None:
             with self.path.open(newline="") as file:
-                header = next(csv.reader(file), [])
-            if header and header[0] != "step":
-                raise TrainingError.single(
-                    "TX722",
-                    f"CSV(append=True): {self.path} starts with column {header[0]!r}, not 'step'",
-                    "append only to a file a CSV logger wrote, or give a new path",
-                )
-            self._open("a", header)
-        else:
-            self._open("w", [])
+                lines = file.readlines()
+            _rewrite(self.path, lines[:1] + [line for line in lines[1:] if _leading_step(line) <= up_to])
+        self._open("a", header)
 
     def _open(self, mode: str, fieldnames: list[str]) -> None:
         self._fieldnames = fieldnames
@@ -165,7 +249,7 @@ class CSV:
         """Append the row for ``step``, widening the header first if ``metrics`` has new names."""
         if not self._active:
             return
-        _check_open("CSV", self._file, step, self.path)
+        self._ensure_open(step)
         _check_reserved("CSV", metrics, ("step",))
         new = set(metrics) - set(self._fieldnames)
         if new or not self._fieldnames:
@@ -175,12 +259,19 @@ class CSV:
         # Flush every row: a run that crashes keeps every step it logged.
         self._file.flush()
 
-    def close(self) -> None:
-        """Close the file."""
+    def _release(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
             self._writer = None
+
+
+def _leading_step(line: str) -> float:
+    """The step a CSV row starts with (rows that do not parse sort first, so they are kept)."""
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return -math.inf
 
 
 def _json_value(value: float) -> float | str:
@@ -191,39 +282,50 @@ def _json_value(value: float) -> float | str:
     return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
-class JSONL:
+def _json_step(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return -math.inf
+
+
+class JSONL(_FileLogger):
     """Write one JSON object per logged step and line: ``{"step": N, "time": <unix seconds>, "loss": 0.12, ...}``.
 
     Non-finite values are written as the strings ``"nan"``, ``"inf"`` and ``"-inf"`` so that every line is valid
-    JSON; ``float()`` reads them back. With ``append=True`` new lines go after an existing file's, else it is
-    overwritten.
+    JSON; ``float()`` reads them back. A resumed ``fit`` appends after the lines of the run it continues, dropping
+    the ones logged after its checkpoint (see ``append`` in :class:`_FileLogger`); a fresh run overwrites.
 
     Example: ``tx.loggers.JSONL("runs/exp1/metrics.jsonl", every=10)``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], every: int = 1, append: bool = False):
-        self.every = _check_every("JSONL", every)
-        self.path = Path(path)
-        self._active = _on_process_zero()
+    owner = "JSONL"
+
+    def __init__(self, path: str | os.PathLike[str], every: int = 1, append: bool | None = None):
+        super().__init__(path, every, append)
         self._file: TextIO | None = None
-        if not self._active:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a" if append else "w", encoding="utf-8")
+
+    def _open_fresh(self) -> None:
+        self._file = self.path.open("w", encoding="utf-8")
+
+    def _open_appending(self, up_to: int | None) -> None:
+        if up_to is not None:
+            lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
+            _rewrite(self.path, [line for line in lines if _json_step(line) <= up_to])
+        self._file = self.path.open("a", encoding="utf-8")
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Append the line for ``step``."""
         if not self._active:
             return
-        _check_open("JSONL", self._file, step, self.path)
+        self._ensure_open(step)
         _check_reserved("JSONL", metrics, ("step", "time"))
         record = {"step": step, "time": time.time(), **{name: _json_value(metrics[name]) for name in sorted(metrics)}}
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         # Flush every line: a run that crashes keeps every step it logged.
         self._file.flush()
 
-    def close(self) -> None:
-        """Close the file."""
+    def _release(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
