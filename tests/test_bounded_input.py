@@ -89,5 +89,5 @@ def test_devices_below_one_are_refused(tmp_path, capsys, command, devices):
     args = [word.format(plan=plan) for word in command]
     assert main([*args, "--devices", devices]) == 1
     err = capsys.readouterr().err
-    assert f"titanax: error[TX111]: --devices {devices} must be at least 1" in err
+    assert f"titanax: error[TX111]: --devices {devices} must be from 1 to 1,048,576" in err
     assert "Traceback" not in err and "internal error" not in err

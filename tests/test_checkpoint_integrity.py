@@ -498,3 +498,31 @@ def test_a_second_interrupt_during_the_final_wait_says_what_happens_to_the_save(
     monkeypatch.undo()
     engine.close()
     assert saved_steps(tmp_path) == [2]
+
+
+def test_skip_under_tp_agrees_on_an_update_that_overflows_one_shard():
+    """Only the devices holding model shard 0 see an infinite update: the IR's state_finite all-reduce
+    makes every device skip it, so the parameters stay whole and finite everywhere."""
+    engine = tx.Engine(
+        mesh=tx.MeshSpec(axes=("data", "model"), shape=(2, 4)),
+        plan=tx.Plan(data_parallel=tx.DP(axis="data"), tensor_parallel=tx.TP(axis="model", rules={"w": "column"})),
+        optimizer=tx.optim.sgd(10.0),
+        nonfinite="skip",
+    )
+    assert [c.name for c in engine.ir.collectives("state_nonfinite")] == ["state_finite"]
+
+    @tx.step_fn
+    def overflow_one_shard(state, batch):
+        def loss_fn(p):  # the columns of w are split over 'model': sum their squares over it
+            return tx.collectives.psum(jnp.sum((batch["x"] @ p["w"]) ** 2), "model") / (8 * 8)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        first_shard = (tx.collectives.axis_index("model") == 0).astype(jnp.float32)
+        grads = {"w": grads["w"] + 3e38 * first_shard}  # finite gradients, an infinite update on shard 0
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    state = engine.create_state({"w": jnp.ones((4, 8))})
+    before = np.asarray(state.params["w"])
+    state, metrics = overflow_one_shard(state, {"x": jnp.ones((8, 4))})
+    assert float(metrics["skipped"]) == 1.0
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), before)

@@ -95,12 +95,25 @@ def test_the_forgotten_psum_mlp_is_refused_at_the_matmul():
     assert "partial sum over 'model'" in text and "tx.collectives.psum(y, 'model')" in text
 
 
-def test_without_a_reduced_metric_tx509_names_the_missing_psum():
+def test_without_a_reduced_metric_the_matmul_is_named_too():
+    """The loss itself varies (shard_map would say TX509): the checker still names the matmul."""
     blocks = [("mlp", False)]
     step = make_step(blocks, pmean_metric=False)
     state = tp_engine(blocks).create_state(init(blocks))
-    with pytest.raises(tx.StepFnError, match="TX509") as info:
+    with pytest.raises(tx.StepFnError, match="TX518") as info:
         step(state, batch())
+    assert "test_partial_sums.py:" in str(info.value) and "(mlp)" in str(info.value)
+
+
+def test_tx509_alone_names_the_missing_psum_as_a_cause():
+    @tx.step_fn
+    def per_device_metric(state, batch):
+        return state, {"rank": C.axis_index("model").astype(jnp.float32)}
+
+    blocks = [("mlp", True)]
+    state = tp_engine(blocks).create_state(init(blocks))
+    with pytest.raises(tx.StepFnError, match="TX509") as info:
+        per_device_metric(state, batch())
     assert "partial sum: add tx.collectives.psum(y, 'model') right after that matmul" in str(info.value)
 
 

@@ -16,10 +16,12 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from titanax import __version__
-from titanax.errors import MeshError, PlanError, TitanaxError
+from titanax.errors import MeshError, ParseError, PlanError, StepFnError, TitanaxError
 from titanax.frontend import DP, MeshSpec, Plan
+from titanax.frontend.bounds import MAX_DEVICES, shown
 from titanax.frontend.language import format_plan, parse
 from titanax.ir import PlanIR, ir_to_dot, ir_to_json, print_ir, schedule_from_ir
 from titanax.launch import GRACE_S, launch
@@ -148,28 +150,45 @@ def _model_entry(loaded: LoadedPlan, model: str) -> str:
     return entry
 
 
-def _workload_state(loaded: LoadedPlan, entry: str, devices: int | None):
+def _model_paths(loaded: LoadedPlan, entry: str, model_path: list[str] | None) -> list[str]:
+    """Where the model module is imported from: the ``--model-path`` folders, else the nearest folder
+    above the plan file that holds the module path (never the current directory as such)."""
+    from titanax.runtime.workload import package_root
+
+    if model_path:
+        missing = [path for path in model_path if not os.path.isdir(path)]
+        if missing:
+            raise StepFnError.single(
+                "TX506", f"--model-path {missing[0]} is not a folder", "name the folder the module path starts in"
+            )
+        return list(model_path)
+    root = package_root(entry.partition(":")[0], Path(loaded.path).resolve().parent)
+    return [str(root)] if root is not None else []
+
+
+def _workload_state(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None = None):
     """Build the Engine for the plan and lay out the model's parameters: ``(workload, state)``."""
     if devices is not None and "jax" not in sys.modules:
         # On CPU, simulate the devices the plan needs (ignored by GPU and TPU backends).
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
     from titanax.runtime import Engine, load_workload
 
-    workload = load_workload(entry, loaded.model_location if entry == loaded.model else None)
+    location = loaded.model_location if entry == loaded.model else None
+    workload = load_workload(entry, location, paths=_model_paths(loaded, entry, model_path))
     engine = Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=workload.optimizer)
     return workload, engine.create_state(workload.params)
 
 
-def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None) -> PlanIR:
+def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None) -> PlanIR:
     """Build the Engine for the plan, lay out the model's parameters and trace its step."""
-    workload, state = _workload_state(loaded, entry, devices)
+    workload, state = _workload_state(loaded, entry, devices, model_path)
     return workload.step.plan_ir(state, workload.batch)
 
 
 # -- titanax audit -----------------------------------------------------------------
 def _cmd_audit(args: argparse.Namespace) -> int:
     loaded = load_plan(args.file, validate=False)
-    workload, state = _workload_state(loaded, _model_entry(loaded, args.model or ""), args.devices)
+    workload, state = _workload_state(loaded, _model_entry(loaded, args.model or ""), args.devices, args.model_path)
     audit = workload.step.audit(state, workload.batch)
     sys.stdout.write(audit.table())
     if audit.ok:
@@ -189,7 +208,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_compile(args: argparse.Namespace) -> int:
     loaded = load_plan(args.file, validate=False)
     if args.model is not None:
-        ir = _trace_model(loaded, _model_entry(loaded, args.model), args.devices)
+        ir = _trace_model(loaded, _model_entry(loaded, args.model), args.devices, args.model_path)
     else:
         passes = _parse_pass_list(args.passes, DEFAULT_PASSES)
         callbacks = [verify_after_each]
@@ -218,10 +237,24 @@ def _write_schedule(loaded: LoadedPlan, ir: PlanIR, args: argparse.Namespace) ->
     if args.schedule:
         sys.stdout.write(schedule.timeline())
     if args.schedule_svg:
-        with open(args.schedule_svg, "w", encoding="utf-8") as out:
-            out.write(schedule.svg())
+        _write_text(args.schedule_svg, schedule.svg(), "the schedule picture")
         print(f"wrote {args.schedule_svg}", file=sys.stderr)
     return 0
+
+
+def _write_text(path: str, text: str, what: str) -> None:
+    """Write ``text`` to ``path``, or raise TX615 naming the path and why (read-only, no such folder...)."""
+    try:
+        with open(path, "w", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+    except OSError as err:
+        folder = os.path.dirname(path) or "."
+        hint = (
+            f"create the folder {folder} first, or write somewhere else"
+            if not os.path.isdir(folder)
+            else "make the file writable (chmod u+w), or write somewhere else"
+        )
+        raise ParseError.single("TX615", f"cannot write {what} to {path}: {err.strerror or err}", hint) from None
 
 
 # -- titanax check ---------------------------------------------------------------
@@ -260,8 +293,12 @@ def _cmd_fmt(args: argparse.Namespace) -> int:
         elif path == "-" or args.stdout:
             sys.stdout.write(formatted)
         elif formatted != source.text:
-            with open(path, "w", encoding="utf-8", newline="\n") as out:
-                out.write(formatted)
+            try:
+                _write_text(path, formatted, "the formatted plan")
+            except TitanaxError as err:
+                _report(err)
+                status = 1
+                continue
             print(f"reformatted {path}")
     return status
 
@@ -358,8 +395,10 @@ def _parser() -> argparse.ArgumentParser:
         const="",
         metavar="MODULE:FUNCTION",
         help="import this tx.Workload entry point (or, with no value, the file's model statement), lay out its "
-        "parameters and trace its step, so the IR lists every collective with its bytes per step (imports JAX)",
+        "parameters and trace its step, so the IR lists every collective with its bytes per step (imports JAX "
+        "and RUNS the model module's code: use it only on code you trust)",
     )
+    _add_model_path_flag(compile_)
     _add_pipeline_flags(compile_)
     compile_.set_defaults(run=_cmd_compile)
 
@@ -375,6 +414,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("file", help="the .tx plan file")
     audit.add_argument("--model", metavar="MODULE:FUNCTION", help="the tx.Workload entry point (default: the file's)")
+    _add_model_path_flag(audit)
     audit.add_argument("--devices", type=int, help="simulated CPU devices (sets XLA_FLAGS before JAX starts)")
     audit.set_defaults(run=_cmd_audit)
 
@@ -455,12 +495,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_path_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-path",
+        action="append",
+        metavar="DIR",
+        help="folder the model's module path starts in (repeatable); default: the nearest folder above the plan "
+        "file holding that module. The current directory is not searched unless named (--model-path .)",
+    )
+
+
 def _check_devices(args: argparse.Namespace) -> None:
     devices = getattr(args, "devices", None)
-    if devices is not None and devices < 1:
+    if devices is not None and not 1 <= devices <= MAX_DEVICES:
         raise MeshError.single(
             "TX111",
-            f"--devices {devices} must be at least 1",
+            f"--devices {shown(devices)} must be from 1 to {MAX_DEVICES:,}",
             "give the number of devices of the target, e.g. --devices 8, or leave it out to use the mesh's own count",
         )
 

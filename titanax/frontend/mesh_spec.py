@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from titanax.errors import Location, MeshError
+from titanax.frontend.bounds import MAX_DEVICES, shown
 
 __all__ = ["MeshSpec", "INFER"]
 
@@ -65,10 +66,10 @@ class MeshSpec:
         devices = self.devices
         if devices is None or isinstance(devices, str):
             return
-        if isinstance(devices, bool) or (isinstance(devices, int) and devices < 1):
+        if isinstance(devices, bool) or (isinstance(devices, int) and not 1 <= devices <= MAX_DEVICES):
             raise MeshError.single(
                 "TX104",
-                f"MeshSpec(devices={devices!r}) must be a positive device count",
+                f"MeshSpec(devices={shown(devices)}) must be a device count from 1 to 2**20 = {MAX_DEVICES}",
                 "use devices=8 or a list of devices",
             )
         if isinstance(devices, int):

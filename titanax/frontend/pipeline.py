@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from titanax.errors import Location, PlanError
+from titanax.frontend.bounds import MAX_BALANCE_TOLERANCE, shown
 
 __all__ = ["SCHEDULES", "LayerRange", "PP", "Stage", "parse_layer"]
 
@@ -121,7 +122,7 @@ class PP:
             )
         if not isinstance(self.microbatches, int) or isinstance(self.microbatches, bool):
             raise PlanError.single(
-                "TX204", f"PP(microbatches={self.microbatches!r}) must be an integer", "write microbatches=8"
+                "TX204", f"PP(microbatches={shown(self.microbatches)}) must be an integer", "write microbatches=8"
             )
         if not isinstance(self.schedule, str):
             raise PlanError.single(
@@ -133,10 +134,13 @@ class PP:
                 "TX204", f"PP(blocks={self.blocks!r}) must be a parameter entry name", 'write blocks="blocks"'
             )
         tolerance = self.balance_tolerance
-        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or tolerance < 1:
+        # Written so that NaN fails too, and a 400-digit integer is compared, never converted to float.
+        in_range = isinstance(tolerance, (int, float)) and 1 <= tolerance <= MAX_BALANCE_TOLERANCE
+        if isinstance(tolerance, bool) or not in_range:
             raise PlanError.single(
                 "TX204",
-                f"PP(balance_tolerance={tolerance!r}) must be a number >= 1 (max stage cost over min stage cost)",
+                f"PP(balance_tolerance={shown(tolerance)}) must be a finite number from 1 to {MAX_BALANCE_TOLERANCE:.0f} "
+                "(max stage cost over min stage cost)",
                 "the default is 1.25; use a larger value to allow less even stages",
             )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from titanax.errors import Location, PlanError
 from titanax.frontend.axes import axes_tuple
+from titanax.frontend.bounds import MAX_MICROBATCHES, shown
 from titanax.frontend.pipeline import PP
 from titanax.frontend.precision import Precision
 from titanax.frontend.tensor_parallel import TP
@@ -33,11 +34,13 @@ class DP:
     def __post_init__(self) -> None:
         axes_tuple(self.axis, "DP(axis=...)")
         steps = self.accumulate_steps
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_MICROBATCHES:
             raise PlanError.single(
                 "TX203",
-                f"data parallelism's accumulate_steps = {steps!r} must be a positive integer",
-                "use accumulate_steps = 1 for no accumulation",
+                f"data parallelism's accumulate_steps = {shown(steps)} must be an integer from 1 to 2**16 = "
+                f"{MAX_MICROBATCHES}",
+                "use accumulate_steps = 1 for no accumulation; more microbatches per step than 2**16 means a "
+                "larger batch per microbatch",
             )
 
     @property

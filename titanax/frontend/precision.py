@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from titanax.errors import Diagnostic, Location, PlanError
+from titanax.frontend.bounds import MAX_GROWTH_INTERVAL, shown
 
 __all__ = ["DTYPES", "Precision"]
 
@@ -51,14 +52,14 @@ class Precision:
         init, interval = self.loss_scale_init, self.loss_scale_growth_interval
         if isinstance(init, bool) or not isinstance(init, int | float) or not 1.0 <= init <= 2.0**24:
             self._invalid(
-                f"loss_scale_init={init!r}",
+                f"loss_scale_init={shown(init)}",
                 "a number between 1 and 2**24",
                 "the usual start is 2**15 = 32768; the scale adapts from there",
             )
-        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        if isinstance(interval, bool) or not isinstance(interval, int) or not 1 <= interval <= MAX_GROWTH_INTERVAL:
             self._invalid(
-                f"loss_scale_growth_interval={interval!r}",
-                "a positive integer",
+                f"loss_scale_growth_interval={shown(interval)}",
+                f"an integer from 1 to 2**31 - 1 = {MAX_GROWTH_INTERVAL} (the step counter is an int32)",
                 "the usual value is 2000 finite steps between doublings",
             )
 

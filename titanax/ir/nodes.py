@@ -55,6 +55,8 @@ class Operand(StrEnum):
     """The step's metrics (the returned dict), reduced over the data-parallel axes."""
     NONFINITE_COUNT = "nonfinite_count"
     """The int32 count of non-finite gradient values under float16 loss scaling."""
+    STATE_NONFINITE = "state_nonfinite"
+    """1 where this device's shards of the updated state hold an Inf or NaN (``nonfinite="skip"``)."""
     STAGE_ACTIVATIONS = "stage_activations"
     """Activations one pipeline stage sends to the next, once per tick."""
     STAGE_COTANGENTS = "stage_cotangents"

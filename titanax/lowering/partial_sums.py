@@ -28,7 +28,7 @@ from typing import Any
 from titanax.errors import Diagnostic, StepFnError
 from titanax.lowering.trace import source_line
 
-__all__ = ["Layout", "PartialSumProblem", "check_partial_sums", "partial_sum_problems"]
+__all__ = ["Layout", "PartialSumProblem", "check_partial_sums", "partial_sum_diagnostics", "partial_sum_problems"]
 
 
 @dataclass(frozen=True)
@@ -395,10 +395,15 @@ def _spec_entries(spec: Any, ndim: int) -> list[Any]:
 
 def check_partial_sums(closed_jaxpr: Any, tp_axes: Iterable[str]) -> None:
     """Raise TX518 listing every partial sum that is used as if it were whole."""
+    diagnostics = partial_sum_diagnostics(closed_jaxpr, tp_axes)
+    if diagnostics:
+        raise StepFnError(diagnostics)
+
+
+def partial_sum_diagnostics(closed_jaxpr: Any, tp_axes: Iterable[str]) -> list[Diagnostic]:
+    """A TX518 diagnostic for every partial sum used as if it were whole (empty when there is none)."""
     problems = partial_sum_problems(closed_jaxpr, tp_axes)
-    if not problems:
-        return
-    diagnostics = [
+    return [
         Diagnostic(
             code="TX518",
             message=(
@@ -413,4 +418,3 @@ def check_partial_sums(closed_jaxpr: Any, tp_axes: Iterable[str]) -> None:
         )
         for p in problems
     ]
-    raise StepFnError(diagnostics)

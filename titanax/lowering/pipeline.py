@@ -185,8 +185,13 @@ class PipelineProgram:
     def _single_stage(self, first, block, last, params, batch, loss_scale):
         # One stage: no neighbours to talk to, so the whole model runs on the whole batch;
         # the two all-reduces over the (size-1) axis stay, as the IR declares them.
+        def first_varying(others: Any, mb: Any) -> Any:
+            # The blocks are split over the (size-1) pipeline axis, so the scan over them carries a
+            # value varying over it: the carry must start that way too.
+            return ensure_varying(first(others, mb), (self.axis,))
+
         def loss_fn(params: dict[str, Any]) -> Any:
-            loss = sequential_loss(first, block, last, self.blocks, params, batch)
+            loss = sequential_loss(first_varying, block, last, self.blocks, params, batch)
             return (loss * loss_scale.astype(loss.dtype) if loss_scale is not None else loss), loss
 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)

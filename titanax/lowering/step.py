@@ -39,10 +39,10 @@ from jax.sharding import Mesh, NamedSharding
 
 from titanax.errors import BatchError, Diagnostic, StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering.collectives import make_varying, varying_axes
+from titanax.lowering.collectives import ensure_varying, make_varying, varying_axes
 from titanax.lowering.context import StepContext, StepState, active_recorder, recording
 from titanax.lowering.contracts import check_live_arrays, check_step_result
-from titanax.lowering.partial_sums import check_partial_sums
+from titanax.lowering.partial_sums import check_partial_sums, partial_sum_diagnostics
 from titanax.lowering.pipeline import PipelineProgram
 from titanax.lowering.placement import global_shapes, place_global_batch
 from titanax.lowering.report import StepReport
@@ -75,26 +75,35 @@ def replicated_spec(ndim: int) -> jax.sharding.PartitionSpec:
     return P(*([None] * ndim))
 
 
+def _varying_output_diagnostic(err: ValueError) -> Diagnostic:
+    """TX509 for shard_map's "out_specs require replication", saying what to do."""
+    first_line = str(err).strip().splitlines()[0]
+    return Diagnostic(
+        code="TX509",
+        message="a value the step returns (new state or metrics) differs across devices where the plan says it is "
+        f"replicated; JAX says: {first_line[:300]}",
+        hint="if the value comes from a matmul over a dimension split over a tensor-parallel axis (a row-parallel "
+        "layer), its result is a partial sum: add tx.collectives.psum(y, 'model') right after that matmul "
+        "(reducing only the metric would train a different model; TX518 then points at the line); a metric "
+        "that is meant to differ per device is reduced with tx.collectives.pmean(x, 'model'); an optimizer "
+        "that mixes split and whole parameters, such as optax.clip_by_global_norm, must count split ones "
+        "whole: use tx.optim.clip_by_global_norm",
+    )
+
+
+def _is_varying_output_error(err: Exception) -> bool:
+    return isinstance(err, ValueError) and "out_specs" in str(err) and "replicat" in str(err)
+
+
 @contextlib.contextmanager
 def _explained_varying_outputs() -> Iterator[None]:
-    """Turn shard_map's "out_specs require replication" into a Titanax error saying what to do."""
+    """Turn shard_map's "out_specs require replication" into TX509 saying what to do."""
     try:
         yield
     except ValueError as err:
-        if "out_specs" not in str(err) or "replicat" not in str(err):
+        if not _is_varying_output_error(err):
             raise
-        first_line = str(err).strip().splitlines()[0]
-        raise StepFnError.single(
-            "TX509",
-            "a value the step returns (new state or metrics) differs across devices where the plan says it is "
-            f"replicated; JAX says: {first_line[:300]}",
-            "if the value comes from a matmul over a dimension split over a tensor-parallel axis (a row-parallel "
-            "layer), its result is a partial sum: add tx.collectives.psum(y, 'model') right after that matmul "
-            "(reducing only the metric would train a different model; TX518 then points at the line); a metric "
-            "that is meant to differ per device is reduced with tx.collectives.pmean(x, 'model'); an optimizer "
-            "that mixes split and whole parameters, such as optax.clip_by_global_norm, must count split ones "
-            "whole: use tx.optim.clip_by_global_norm",
-        ) from None
+        raise StepFnError([_varying_output_diagnostic(err)]) from None
 
 
 def _path_text(path: tuple[Any, ...]) -> str:
@@ -172,7 +181,13 @@ class CompiledStep:
         # JAX caches traces by function: a fresh closure makes the body run (and record) again.
         program = self._shard_map(lambda state, batch: self._body(state, batch))
         with recording() as recorder:
-            jaxpr = jax.make_jaxpr(program)(state, placed)
+            try:
+                jaxpr = jax.make_jaxpr(program)(state, placed)
+            except ValueError as err:
+                if not _is_varying_output_error(err):
+                    raise
+                causes = self._partial_sum_causes(state, placed)
+                raise StepFnError([*causes, _varying_output_diagnostic(err)]) from None
         collectives = traced_collectives(jaxpr)
         check_emitted(collectives, self.ir)
         check_partial_sums(jaxpr, self.plan.tp_axes)
@@ -181,6 +196,29 @@ class CompiledStep:
             collectives=collectives,
             stage_flops=recorder.stage_flops,
         )
+
+    def _partial_sum_causes(self, state: Any, placed: Any) -> list[Diagnostic]:
+        """When a result varies where it should not (TX509), the partial sums that explain it (TX518).
+
+        The step is traced once more with every output declared split over every mesh axis (a
+        leading dimension added), which shard_map accepts whatever varies; that trace only feeds
+        the partial-sum checker, so the error can name the matmul as well as the symptom.
+        """
+        if not self.plan.tp_axes:
+            return []
+        axes = tuple(self.mesh.axis_names)
+        relaxed = jax.shard_map(
+            lambda state, batch: jax.tree.map(lambda x: x[None], self._body(state, batch)),
+            mesh=self.mesh,
+            in_specs=(self.state_specs, self._batch_spec),
+            out_specs=P(axes),
+            check_vma=True,
+        )
+        try:
+            jaxpr = jax.make_jaxpr(relaxed)(state, placed)
+        except Exception:  # noqa: BLE001 - only a better explanation is at stake; TX509 is raised regardless
+            return []
+        return partial_sum_diagnostics(jaxpr, self.plan.tp_axes)
 
     def lower(self, state: Any, batch: Any) -> jax.stages.Lowered:
         """Return JAX's ``Lowered`` for this step, for HLO, cost and memory analysis."""
@@ -360,9 +398,9 @@ class CompiledStep:
         the updated state is not finite (a finite loss can come with an update that overflows).
 
         The reduced loss is the same on every device, so it decides with no collective. So does the
-        check of the new state where the state is whole on every device (no tensor or pipeline split;
-        its type then says it does not vary). A split state would need a collective the IR does not
-        declare to agree, so there only the loss decides, and the save refuses a non-finite state.
+        check of the new state where the state is whole on every device; where tensor or pipeline
+        parallelism splits it, the IR's ``state_finite`` all-reduce (``insert-nonfinite-guard``) sums
+        every device's verdict first.
         """
         if not isinstance(metrics, Mapping):
             if self.skip_nonfinite:
@@ -387,6 +425,12 @@ class CompiledStep:
                 )
             finite = jnp.all(jnp.isfinite(metrics["loss"]))
             state_finite = state_is_finite(new_state)
+            if self.plan.state_guard:
+                # Each device checked its own shards: the IR's state_finite sums the flags so all agree.
+                flags = (~state_finite).astype(jnp.int32)
+                for collective in self.plan.state_guard:
+                    flags = collective(ensure_varying(flags, collective.node.axes))
+                state_finite = flags == 0
             if not varying_axes(state_finite):
                 finite = finite & state_finite
             new_state = keep_where(finite, new_state, state)

@@ -69,6 +69,8 @@ class StepPlan:
     gradient_sync: tuple[IRCollective, ...]
     metric_reduce: tuple[IRCollective, ...]
     nonfinite_count: tuple[IRCollective, ...]
+    state_guard: tuple[IRCollective, ...] = ()
+    """Sums the non-finite-state flag over the axes that split the state (``nonfinite="skip"``)."""
 
     @classmethod
     def from_ir(cls, ir: PlanIR) -> StepPlan:
@@ -103,4 +105,5 @@ class StepPlan:
             gradient_sync=_lowering_collectives(ir, Operand.GRADIENTS),
             metric_reduce=_lowering_collectives(ir, Operand.METRICS),
             nonfinite_count=_lowering_collectives(ir, Operand.NONFINITE_COUNT),
+            state_guard=_lowering_collectives(ir, Operand.STATE_NONFINITE),
         )

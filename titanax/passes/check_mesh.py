@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from titanax.frontend.bounds import MAX_DEVICES, shown
 from titanax.ir import AxisNode, PlanIR
 from titanax.ir.nodes import UNRESOLVED_SIZE
 from titanax.passes.base import Pass, PassContext, register_pass
@@ -47,7 +48,7 @@ class CheckMesh(Pass):
     """Validate axis names and sizes against each other and against the device count.
 
     Rejects: a repeated axis name (TX101), a size below 1 other than ``-1``
-    (TX102), sizes whose product is not the device count (TX103), asking for
+    or above 2**20, or sizes whose product is above 2**20 (TX102), sizes whose product is not the device count (TX103), asking for
     more devices than exist (TX104; ``MeshSpec`` also uses it for a bad
     ``devices=`` value) and more than one inferred size (TX106). A size left
     to infer with no device count known is fine here; ``infer-mesh-shape``
@@ -73,10 +74,30 @@ class CheckMesh(Pass):
             if axis.size < 1 and axis.size != UNRESOLVED_SIZE:
                 ctx.error(
                     "TX102",
-                    f"mesh axis '{axis.name}' has size {axis.size}; sizes must be >= 1 (or -1 / auto to infer)",
+                    f"mesh axis '{axis.name}' has size {shown(axis.size)}; sizes must be >= 1 (or -1 / auto to infer)",
                     "use a positive size, or let one axis take the remaining devices (-1 in Python, auto in a .tx file)",
                     axis.location,
                 )
+            elif axis.size > MAX_DEVICES:
+                ctx.error(
+                    "TX102",
+                    f"mesh axis '{axis.name}' has size {shown(axis.size)}; a mesh holds at most 2**20 = "
+                    f"{MAX_DEVICES} devices",
+                    "use the number of devices the axis really spans",
+                    axis.location,
+                )
+        if any(a.size > MAX_DEVICES for a in axes):
+            return  # TX102 explains it; the sizes cannot be compared with a device count
+        fixed = math.prod(a.size for a in axes if a.size >= 1)
+        if fixed > MAX_DEVICES:
+            ctx.error(
+                "TX102",
+                f"mesh axis sizes ({_shape_text(axes)}) multiply to {fixed} devices; a mesh holds at most 2**20 = "
+                f"{MAX_DEVICES}",
+                "use the number of devices the mesh really spans",
+                ir.mesh().location,
+            )
+            return
         self._check_device_count(ir, ctx, axes)
 
     def _check_device_count(self, ir: PlanIR, ctx: PassContext, axes: list[AxisNode]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from titanax.frontend import SCHEDULES, LayerRange, parse_layer
+from titanax.frontend.bounds import MAX_MICROBATCHES, shown
 from titanax.ir import PipelineParallelNode, PlanIR, StageNode
 from titanax.passes.base import Pass, PassContext, register_pass
 from titanax.passes.check_mesh import resolved_axis_size
@@ -16,7 +17,7 @@ __all__ = ["CheckPipeline"]
 @register_pass
 @dataclass(frozen=True, kw_only=True)
 class CheckPipeline(Pass):
-    """Reject an unknown schedule (TX216), fewer than one microbatch (TX217), a stage
+    """Reject an unknown schedule (TX216), fewer than one microbatch or more than 2**16 (TX217), a stage
     count other than the pipeline axis size (TX212), fewer microbatches than stages
     under 1F1B (TX213), an empty stage (TX214), a layer in two stages (TX215) and a
     malformed layer reference (TX218)."""
@@ -34,11 +35,11 @@ class CheckPipeline(Pass):
                     suggest(dim.schedule, list(SCHEDULES), "schedules"),
                     dim.location,
                 )
-            if dim.microbatches < 1:
+            if not 1 <= dim.microbatches <= MAX_MICROBATCHES:
                 ctx.error(
                     "TX217",
-                    f"pipeline microbatches = {dim.microbatches}; it must be at least 1",
-                    "use at least as many microbatches as stages",
+                    f"pipeline microbatches = {shown(dim.microbatches)}; it must be from 1 to 2**16 = {MAX_MICROBATCHES}",
+                    "use at least as many microbatches as stages (a few times as many keeps the pipeline full)",
                     dim.location,
                 )
             stages = ir.stages()
@@ -51,6 +52,14 @@ class CheckPipeline(Pass):
                     dim.location,
                 )
             stage_count = len(stages) or axis_size
+            if stage_count is not None and 1 <= dim.microbatches <= MAX_MICROBATCHES < dim.microbatches * stage_count:
+                ctx.error(
+                    "TX217",
+                    f"pipeline microbatches = {dim.microbatches} over {stage_count} stages make a schedule of "
+                    f"{dim.microbatches * stage_count} forward steps; at most 2**16 = {MAX_MICROBATCHES} fit",
+                    f"use at most {max(1, MAX_MICROBATCHES // stage_count)} microbatches, or fewer stages",
+                    dim.location,
+                )
             if dim.schedule == "1f1b" and stage_count is not None and 1 <= dim.microbatches < stage_count:
                 ctx.error(
                     "TX213",

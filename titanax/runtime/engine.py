@@ -26,11 +26,11 @@ from titanax.lowering import (
     place_global,
     replicated_spec,
 )
-from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings, Target, compile_plan
+from titanax.passes import DEFAULT_PASSES, CheckStageBalance, PassPipeline, ResolveShardings, Target, compile_plan
 from titanax.runtime import distributed
 from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
-from titanax.runtime.loggers import Logger
+from titanax.runtime.loggers import Logger, scalar_metrics
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.state import TrainState
 
@@ -135,7 +135,9 @@ class Engine:
         """``"raise"``: :meth:`fit` stops at a non-finite loss; ``"skip"``: the step keeps the old parameters."""
         self.target = Target(device_count=len(available_devices(mesh)), platform=jax.default_backend())
         """What the plan is compiled for: the device count and the backend (whose collective dtypes the IR models)."""
-        self.plan_ir: PlanIR = compile_plan(mesh, plan, target=self.target)
+        # Skipping non-finite updates under split state needs one more collective (see its pass).
+        guard = ("insert-nonfinite-guard",) if nonfinite == "skip" else ()
+        self.plan_ir: PlanIR = compile_plan(mesh, plan, target=self.target, passes=(*DEFAULT_PASSES, *guard))
         """The plan IR after every default pass, before any parameters are known."""
         self.ir: PlanIR = self.plan_ir
         """The plan IR; after :meth:`create_state` it also lists every parameter's layout."""
@@ -325,6 +327,9 @@ class Engine:
     def log(self, metrics: Mapping[str, Any], step: int | None = None, *, force: bool = False) -> None:
         """Send scalar ``metrics`` to every logger due at ``step`` (default: the host step).
 
+        Nested dicts are flattened as ``outer/inner``; arrays with dimensions are left out, and so are
+        values that are not numbers, with a warning naming them.
+
         A logger is due when ``step`` is a multiple of its ``every``, or always with ``force``
         (``fit`` forces its own log intervals and evaluations). Values cross to the host only
         when some logger is due.
@@ -333,7 +338,7 @@ class Engine:
         due = [logger for logger in self.loggers if force or step % logger.every == 0]
         if not due or not isinstance(metrics, Mapping):
             return
-        scalars = {name: float(value) for name, value in metrics.items() if jnp.ndim(value) == 0}
+        scalars = {name: float(value) for name, value in jax.device_get(scalar_metrics(metrics)).items()}
         for logger in due:
             logger.log(step, scalars)
 

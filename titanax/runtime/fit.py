@@ -30,6 +30,7 @@ import numpy as np
 from titanax.errors import CheckpointError, Diagnostic, NonFiniteError, TrainingError
 from titanax.runtime.checkpoint import NonFiniteStateError
 from titanax.runtime.data import PerProcess
+from titanax.runtime.loggers import scalar_metrics
 from titanax.runtime.state import TrainState
 
 if TYPE_CHECKING:
@@ -157,9 +158,10 @@ def _save_checked(engine: Engine, state: TrainState, step: int, watch: _LossWatc
 
 
 def _host_scalars(metrics: Any) -> dict[str, float]:
+    # Nested dicts become "outer/inner"; non-numbers are skipped with a warning (scalar_metrics).
     if not isinstance(metrics, Mapping):
         return {}
-    fetched = jax.device_get({name: value for name, value in metrics.items() if np.ndim(value) == 0})
+    fetched = jax.device_get(scalar_metrics(metrics))
     return {name: float(value) for name, value in fetched.items()}
 
 

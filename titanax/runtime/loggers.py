@@ -10,20 +10,26 @@ from __future__ import annotations
 import csv
 import json
 import math
+import numbers
 import os
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol, TextIO
 
 import jax
+import jax.numpy as jnp
 from tqdm import tqdm
 
 from titanax.errors import TrainingError
 from titanax.runtime.distributed import ENV_PROCESS_ID
 
-__all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard"]
+__all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard", "scalar_metrics"]
+
+_INT64 = 2**63
+"""TensorBoard event files store a step as a signed 64-bit integer."""
 
 
 class Logger(Protocol):
@@ -78,6 +84,88 @@ def _check_reserved(owner: str, metrics: Mapping[str, float], reserved: tuple[st
         )
 
 
+def scalar_metrics(metrics: Mapping[str, object]) -> dict[str, object]:
+    """The scalar metrics of ``metrics`` that loggers can write, keyed by name.
+
+    A nested mapping is flattened with ``/`` (``{"eval": {"loss": x}}`` becomes ``"eval/loss"``); arrays with
+    more than zero dimensions are left out (loggers write scalars); a value that is not a number (a string,
+    ``None``, an object) is left out with a warning naming it, so one odd metric never stops a run.
+    Values are returned as given (device arrays stay on the device); the caller fetches and converts them.
+    """
+    found: dict[str, object] = {}
+    skipped: list[str] = []
+
+    def walk(prefix: str, values: Mapping[str, object]) -> None:
+        for name, value in values.items():
+            key = f"{prefix}{name}"
+            if isinstance(value, Mapping):
+                walk(f"{key}/", value)
+            elif not _is_numeric(value):
+                skipped.append(key)
+            elif getattr(value, "ndim", 0) == 0:
+                found[key] = value
+
+    walk("", metrics)
+    if skipped:
+        warnings.warn(
+            f"titanax: metrics {sorted(skipped)} are not numbers and are not logged; "
+            "return numbers or scalar arrays from the step (strings and objects belong in your own log)",
+            stacklevel=3,
+        )
+    return found
+
+
+def _is_numeric(value: object) -> bool:
+    # Python and NumPy/JAX numbers and booleans (0 or 1); not strings, which float() would also read.
+    if isinstance(value, bool | int | float):
+        return True
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or not hasattr(value, "ndim"):
+        return False
+    return bool(jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)) and not jnp.issubdtype(
+        dtype, jnp.complexfloating
+    )
+
+
+def _number(owner: str, step: int, name: str, value: object) -> float:
+    # float() of a string or a dict raises a bare ValueError/TypeError that names neither.
+    if not _is_numeric(value) or getattr(value, "ndim", 0) != 0:
+        raise TrainingError.single(
+            "TX722",
+            f"{owner}.log(step={step}): metric {name!r} is {type(value).__name__} {_short(value)}, not a number",
+            "log numbers or scalar arrays; engine.fit flattens nested dicts as 'outer/inner' and skips non-numbers",
+        )
+    return float(value)
+
+
+def _short(value: object) -> str:
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "(a huge integer)"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unwritable(owner: str, where: Path, why: str) -> TrainingError:
+    return TrainingError.single(
+        "TX722",
+        f"{owner}: cannot write to {where}: {why}",
+        "give a path in a directory this process can create and write (check the permissions and that "
+        "no part of the path is a file)",
+    )
+
+
+def _check_writable(owner: str, path: Path, *, directory: bool) -> None:
+    """Refuse now, naming the path, what would otherwise fail at the first logged step."""
+    folder = path if directory else path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _unwritable(owner, path, error.strerror or str(error)) from None
+    if not directory and path.is_dir():
+        raise _unwritable(owner, path, "it is a directory") from None
+    target = folder if directory or not path.exists() else path
+    if not os.access(target, os.W_OK):
+        raise _unwritable(owner, path, f"{target} is not writable")
+
+
 class Basic:
     """Print metrics as one line per logged step, e.g. ``[titanax] step 10 | loss=0.123456``.
 
@@ -98,7 +186,10 @@ class Basic:
         """Write one line for ``step``."""
         if not self._active:
             return
-        values = " ".join(f"{name}={value:.{self.precision}g}" for name, value in sorted(metrics.items()))
+        values = " ".join(
+            f"{name}={_number('Basic', step, name, value):.{self.precision}g}"
+            for name, value in sorted(metrics.items())
+        )
         stream = self._stream or sys.stderr
         # Through tqdm: a progress bar on the same stream is cleared and redrawn below the line.
         tqdm.write(f"[titanax] step {step} | {values}", file=stream)
@@ -137,7 +228,7 @@ class _FileLogger:
         self._opened = False
         self._closed = False
         if self._active:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.owner, self.path, directory=False)
 
     def resume(self, step: int) -> None:
         """Called by ``fit`` after restoring checkpoint ``step``: append after the rows up to ``step``
@@ -154,10 +245,13 @@ class _FileLogger:
             return
         self._opened = True
         keep = self.append is True or self._resume_step is not None
-        if keep and self.path.exists():
-            self._open_appending(self._resume_step)
-        else:
-            self._open_fresh()
+        try:
+            if keep and self.path.exists():
+                self._open_appending(self._resume_step)
+            else:
+                self._open_fresh()
+        except OSError as error:
+            raise _unwritable(self.owner, self.path, error.strerror or str(error)) from None
 
     def _open_fresh(self) -> None:
         raise NotImplementedError
@@ -251,11 +345,12 @@ class CSV(_FileLogger):
             return
         self._ensure_open(step)
         _check_reserved("CSV", metrics, ("step",))
+        row = {name: _number("CSV", step, name, value) for name, value in metrics.items()}
         new = set(metrics) - set(self._fieldnames)
         if new or not self._fieldnames:
             self._widen(self._file, new)
         assert self._writer is not None and self._file is not None  # _open just set them
-        self._writer.writerow({"step": step, **{name: float(value) for name, value in metrics.items()}})
+        self._writer.writerow({"step": step, **row})
         # Flush every row: a run that crashes keeps every step it logged.
         self._file.flush()
 
@@ -274,8 +369,8 @@ def _leading_step(line: str) -> float:
         return -math.inf
 
 
-def _json_value(value: float) -> float | str:
-    value = float(value)
+def _json_value(step: int, name: str, value: object) -> float | str:
+    value = _number("JSONL", step, name, value)
     if math.isfinite(value):
         return value
     # JSON has no NaN or infinity; Python's json would write the invalid tokens NaN/Infinity.
@@ -320,7 +415,11 @@ class JSONL(_FileLogger):
             return
         self._ensure_open(step)
         _check_reserved("JSONL", metrics, ("step", "time"))
-        record = {"step": step, "time": time.time(), **{name: _json_value(metrics[name]) for name in sorted(metrics)}}
+        record = {
+            "step": step,
+            "time": time.time(),
+            **{name: _json_value(step, name, metrics[name]) for name in sorted(metrics)},
+        }
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         # Flush every line: a run that crashes keeps every step it logged.
         self._file.flush()
@@ -348,15 +447,28 @@ class TensorBoard:
         except ImportError as error:
             raise ImportError("tx.loggers.TensorBoard needs tensorboardX: pip install tensorboardX") from error
         self._active = _on_process_zero()
-        self._writer = SummaryWriter(str(self.logdir)) if self._active else None
+        self._writer = None
+        if self._active:
+            _check_writable("TensorBoard", self.logdir, directory=True)
+            try:
+                self._writer = SummaryWriter(str(self.logdir))
+            except OSError as error:
+                raise _unwritable("TensorBoard", self.logdir, error.strerror or str(error)) from None
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Add one scalar per metric at ``step`` and flush them to the event file."""
         if not self._active:
             return
         _check_open("TensorBoard", self._writer, step, self.logdir)
-        for name in sorted(metrics):
-            self._writer.add_scalar(name, float(metrics[name]), global_step=step)
+        if not isinstance(step, numbers.Integral) or not -_INT64 <= step < _INT64:
+            raise TrainingError.single(
+                "TX722",
+                f"TensorBoard.log: step {_short(step)} does not fit the event file's signed 64-bit step",
+                "log steps between -2**63 and 2**63 - 1",
+            )
+        values = {name: _number("TensorBoard", step, name, metrics[name]) for name in sorted(metrics)}
+        for name, value in values.items():
+            self._writer.add_scalar(name, value, global_step=step)
         self._writer.flush()
 
     def close(self) -> None:

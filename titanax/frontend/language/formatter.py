@@ -88,8 +88,9 @@ def _statement_lines(stmt: ast.Statement) -> list[_Line]:
         return [_Line(head, line, "", stmt.span.end_line)]
     if not block.items:
         return [_Line(head + " {}", line, "", stmt.span.end_line)]
-    # Anything on the header's lines before the first item belongs to the header.
-    lines = [_Line(head + " {", line, "", block.items[0].span.line - 1 if block.items[0].span.line > line else line)]
+    # The header's lines end at its brace: a comment there stays on the header; a comment on a line of
+    # its own after the brace belongs to the first item (inside the block), as it will after formatting.
+    lines = [_Line(head + " {", line, "", block.span.line)]
     for item in block.items:
         lines.append(_Line(_INDENT + _item(item), item.span.line, _INDENT, item.span.end_line))
     # Comments before the closing brace stay inside the block.

@@ -18,6 +18,7 @@ import lark
 from lark import Lark, Token, Transformer, v_args
 
 from titanax.errors import Diagnostic, ParseError
+from titanax.frontend.bounds import MAX_LITERAL_DIGITS
 from titanax.frontend.language import ast
 from titanax.frontend.language.source import SourceFile
 
@@ -109,9 +110,29 @@ def _content(children: list) -> list:
     return [c for c in children if not (isinstance(c, Token) and c.type in _KEYWORD_TYPES | {"LBRACE", "RBRACE"})]
 
 
+def _integer(source: SourceFile, token: Token) -> int:
+    """The value of an INT token; one too long to be any setting is TX614 (Python's ``int()`` itself
+    refuses more than 4300 digits with a bare ValueError)."""
+    digits = len(str(token).lstrip("-").lstrip("0"))
+    if digits > MAX_LITERAL_DIGITS:
+        raise ParseError(
+            Diagnostic(
+                code="TX614",
+                message=f"an integer of {digits} digits; no setting takes more than {MAX_LITERAL_DIGITS}",
+                hint="write the count the setting needs (mesh sizes are at most 2**20 = 1048576)",
+                location=source.location(token.line, token.column, min(len(str(token)), 40)),
+            )
+        )
+    return int(token)
+
+
 @v_args(meta=True)
 class _ToAST(Transformer):
     """Build AST nodes; method names are the grammar's rule names."""
+
+    def __init__(self, source: SourceFile):
+        super().__init__()
+        self.source = source
 
     def start(self, meta, children):
         return ast.PlanFile(tuple(children))
@@ -159,12 +180,12 @@ class _ToAST(Transformer):
 
     def layer(self, meta, children):
         name, *bounds = children
-        start = int(bounds[0]) if bounds else None
-        stop = int(bounds[1]) if len(bounds) > 1 else None
+        start = _integer(self.source, bounds[0]) if bounds else None
+        stop = _integer(self.source, bounds[1]) if len(bounds) > 1 else None
         return ast.LayerRef(str(name), start, stop, _meta_span(meta))
 
     def int_value(self, meta, children):
-        return ast.IntValue(int(children[0]), _meta_span(meta))
+        return ast.IntValue(_integer(self.source, children[0]), _meta_span(meta))
 
     def float_value(self, meta, children):
         return ast.FloatValue(str(children[0]), _meta_span(meta))
@@ -256,4 +277,10 @@ def parse(source: SourceFile) -> ParsedPlan:
         raise _syntax_error(source, err) from None
     finally:
         _comments.reset(token)
-    return ParsedPlan(source, _ToAST().transform(tree), tuple(comments))
+    try:
+        plan = _ToAST(source).transform(tree)
+    except lark.exceptions.VisitError as err:
+        if isinstance(err.orig_exc, ParseError):
+            raise err.orig_exc from None
+        raise
+    return ParsedPlan(source, plan, tuple(comments))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from titanax.errors import Diagnostic, Location, TitanaxError
+from titanax.frontend.bounds import MAX_DEVICES, shown
 from titanax.frontend.language import ast
 from titanax.frontend.language.parser import ParsedPlan
 from titanax.frontend.language.source import SourceFile
@@ -219,10 +220,11 @@ class _Builder:
     def devices(self, item: ast.Setting) -> Any:
         value = item.value
         if isinstance(value, ast.IntValue):
-            if value.value < 1:
+            if not 1 <= value.value <= MAX_DEVICES:
                 self.error(
                     "TX104",
-                    f"devices = {value.value}; the device count must be positive",
+                    f"devices = {shown(value.value)}; the device count must be "
+                    + ("positive" if value.value < 1 else f"at most 2**20 = {MAX_DEVICES}"),
                     "write devices = 8",
                     value.span,
                 )
