@@ -100,31 +100,15 @@ def _check_regular(path: str, info: os.stat_result) -> None:
         raise _unreadable(
             path, f"it is {_kind(info.st_mode)}, not a regular file", "give the path of a .tx file on disk"
         )
-    limit = source_module.MAX_SOURCE_BYTES
-    if info.st_size > limit:
-        raise ParseError(
-            Diagnostic(
-                code="TX604",
-                message=f"{path} is {info.st_size} bytes; plan files are limited to {limit} bytes",
-                hint="is this the right file? a plan is a few lines of text",
-                location=Location(path=path, line=1, column=1),
-            )
-        )
+    if info.st_size > source_module.MAX_SOURCE_BYTES:
+        raise source_module.oversize_error(path, info.st_size)
 
 
 def read_bounded(stream: BinaryIO, name: str) -> SourceFile:
     """Read a plan from an open binary stream (standard input), at most the size limit; TX604 beyond it."""
-    limit = source_module.MAX_SOURCE_BYTES
-    data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise ParseError(
-            Diagnostic(
-                code="TX604",
-                message=f"{name} gives more than {limit} bytes; plan files are limited to {limit} bytes",
-                hint="is this the right input? a plan is a few lines of text",
-                location=Location(path=name, line=1, column=1),
-            )
-        )
+    data = stream.read(source_module.MAX_SOURCE_BYTES + 1)
+    if len(data) > source_module.MAX_SOURCE_BYTES:
+        raise source_module.oversize_error(name, None)
     return SourceFile.from_bytes(name, data)
 
 

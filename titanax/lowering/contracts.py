@@ -21,10 +21,17 @@ __all__ = ["check_live_arrays", "check_step_result"]
 
 
 def _deleted(tree: Any) -> str | None:
+    # Every step runs this: look at the leaves first, and build key paths only to name a deleted one.
+    if not any(_is_deleted(leaf) for leaf in jax.tree.leaves(tree)):
+        return None
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted():
+        if _is_deleted(leaf):
             return jax.tree_util.keystr(path) or "<the value itself>"
     return None
+
+
+def _is_deleted(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) and leaf.is_deleted()
 
 
 def check_live_arrays(state: Any, batch: Any) -> None:

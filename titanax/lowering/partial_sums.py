@@ -67,7 +67,7 @@ class PartialSumProblem:
 _LINEAR_UNARY = frozenset(
     {
         "neg", "convert_element_type", "copy", "copy_p", "reduce_precision", "real", "imag", "conj",
-        "pvary", "pcast", "optimization_barrier", "cumsum", "reduce_sum", "transpose", "reshape",
+        "pvary", "pcast", "optimization_barrier", "cumsum", "transpose", "reshape",
         "broadcast_in_dim", "squeeze", "expand_dims", "rev", "slice", "dynamic_slice", "pad",
     }
 )  # fmt: skip
@@ -113,10 +113,13 @@ class _Checker:
 
     # -- bookkeeping --------------------------------------------------------
     def report(self, layout: Layout, eqn: Any, use: str) -> None:
-        # One report per partial sum: its first misuse (the ones after it follow from it).
+        """Record a misuse of ``layout``'s partial sum by equation ``eqn``."""
+        self.record(layout, source_line(eqn), use)
+
+    def record(self, layout: Layout, used_at: str, use: str) -> None:
+        """Record a misuse at ``used_at``; one per partial sum: its first (the ones after it follow from it)."""
         if layout.origin not in self._seen:
             self._seen.add(layout.origin)
-            used_at = source_line(eqn)
             self.problems.append(
                 PartialSumProblem(axes=tuple(sorted(layout.partial)), made_at=layout.origin, used_at=used_at, use=use)
             )
@@ -262,8 +265,8 @@ class _Checker:
             split = tuple(s for i, s in enumerate(split) if i not in removed)
         elif name == "reshape" and split:
             split = _reshape_split(_shape(eqn.invars[0]), _shape(eqn.outvars[0]), split)
-        elif name in ("reduce_sum", "cumsum") or len(split) != out_ndim:
-            split = tuple(split) if len(split) == out_ndim else (frozenset(),) * out_ndim
+        elif len(split) != out_ndim:
+            split = (frozenset(),) * out_ndim
         return Layout(split=split, partial=layout.partial, origin=layout.origin)
 
     def _call(self, eqn: Any, ins: list[Layout]) -> list[Layout]:
@@ -367,15 +370,9 @@ def partial_sum_problems(closed_jaxpr: Any, tp_axes: Iterable[str]) -> list[Part
                 body = getattr(body, "jaxpr", body)
                 outs = checker.run(body, inputs)
                 for layout in outs:
-                    if layout.partial and layout.origin not in checker._seen:
-                        checker._seen.add(layout.origin)
-                        checker.problems.append(
-                            PartialSumProblem(
-                                axes=tuple(sorted(layout.partial)),
-                                made_at=layout.origin,
-                                used_at="the step's result",
-                                use="is returned by the step (as a metric or in the new state)",
-                            )
+                    if layout.partial:
+                        checker.record(
+                            layout, "the step's result", "is returned by the step (as a metric or in the new state)"
                         )
                 continue
             for key in _CALLS:

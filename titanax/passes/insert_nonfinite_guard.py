@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import CollectiveNode, Operand, PlanIR
-from titanax.ir.build import add_required_collective
+from titanax.ir import Operand, PipelineParallelNode, PlanIR, TensorParallelNode
 from titanax.passes.base import Pass, PassContext, register_pass
+from titanax.passes.insert_precision_collectives import add_split_count_sum
 
 __all__ = ["STATE_FINITE", "InsertNonfiniteGuard"]
 
@@ -34,21 +34,6 @@ class InsertNonfiniteGuard(Pass):
 
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
         """Add ``collective.state_finite``, required by the tensor (else pipeline) dimension."""
-        owners = [
-            (dim_id, dim)
-            for dim_id, dim in ir.items()
-            if dim.type_name in ("parallel_dim.tensor", "parallel_dim.pipeline")
-        ]
-        axes = tuple(a for _, dim in owners for a in dim.axis_names)
-        if not axes:
-            return
-        node = CollectiveNode(
-            name=STATE_FINITE,
-            op="all-reduce",
-            reduction="sum",
-            axes=axes,
-            operand=Operand.STATE_NONFINITE,
-            origin="lowering",
-            group_size=ir.group_size(axes),
-        )
-        add_required_collective(ir, owners[0][0], node)
+        owner = next((dim_id for dim_id, _ in ir.items((TensorParallelNode, PipelineParallelNode))), None)
+        if owner is not None:
+            add_split_count_sum(ir, owner, STATE_FINITE, Operand.STATE_NONFINITE)

@@ -16,10 +16,36 @@ from titanax.ir import CollectiveNode, Operand, PlanIR
 from titanax.ir.build import add_required_collective
 from titanax.passes.base import Pass, PassContext, register_pass
 
-__all__ = ["GRAD_FINITE", "InsertPrecisionCollectives"]
+__all__ = ["GRAD_FINITE", "InsertPrecisionCollectives", "add_split_count_sum", "split_state_axes"]
 
 GRAD_FINITE = "grad_finite"
 """Name of the collective that sums the non-finite gradient count over the split axes."""
+
+
+def split_state_axes(ir: PlanIR) -> tuple[str, ...]:
+    """The tensor- and pipeline-parallel axes: along them, devices hold different pieces of the
+    parameters, gradients and optimizer state (data-parallel replicas hold the same)."""
+    tp, pp = ir.tensor_parallel(), ir.pipeline_parallel()
+    return (tp.axes if tp else ()) + (pp.axes if pp else ())
+
+
+def add_split_count_sum(ir: PlanIR, owner_id: str, name: str, operand: Operand) -> None:
+    """Add ``collective.NAME``, required by ``owner_id``: an all-reduce sum of a per-device int32
+    count over :func:`split_state_axes`, so every device reaches the same verdict. Nothing when
+    the state is not split."""
+    axes = split_state_axes(ir)
+    if not axes:
+        return
+    node = CollectiveNode(
+        name=name,
+        op="all-reduce",
+        reduction="sum",
+        axes=axes,
+        operand=operand,
+        origin="lowering",
+        group_size=ir.group_size(axes),
+    )
+    add_required_collective(ir, owner_id, node)
 
 
 @register_pass
@@ -35,17 +61,4 @@ class InsertPrecisionCollectives(Pass):
         policy = ir.precision()
         if policy is None or policy.loss_scaling != "dynamic":
             return
-        tp, pp = ir.tensor_parallel(), ir.pipeline_parallel()
-        axes = (tp.axes if tp else ()) + (pp.axes if pp else ())
-        if not axes:
-            return
-        node = CollectiveNode(
-            name=GRAD_FINITE,
-            op="all-reduce",
-            reduction="sum",
-            axes=axes,
-            operand=Operand.NONFINITE_COUNT,
-            origin="lowering",
-            group_size=ir.group_size(axes),
-        )
-        add_required_collective(ir, "precision", node)
+        add_split_count_sum(ir, "precision", GRAD_FINITE, Operand.NONFINITE_COUNT)

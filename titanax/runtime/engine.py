@@ -30,7 +30,7 @@ from titanax.passes import DEFAULT_PASSES, CheckStageBalance, PassPipeline, Reso
 from titanax.runtime import distributed
 from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
-from titanax.runtime.loggers import Logger, scalar_metrics
+from titanax.runtime.loggers import Logger, host_scalars
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.state import TrainState
 
@@ -338,7 +338,7 @@ class Engine:
         due = [logger for logger in self.loggers if force or step % logger.every == 0]
         if not due or not isinstance(metrics, Mapping):
             return
-        scalars = {name: float(value) for name, value in jax.device_get(scalar_metrics(metrics)).items()}
+        scalars = host_scalars(metrics)
         for logger in due:
             logger.log(step, scalars)
 

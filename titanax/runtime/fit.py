@@ -30,7 +30,7 @@ import numpy as np
 from titanax.errors import CheckpointError, Diagnostic, NonFiniteError, TrainingError
 from titanax.runtime.checkpoint import NonFiniteStateError
 from titanax.runtime.data import PerProcess
-from titanax.runtime.loggers import scalar_metrics
+from titanax.runtime.loggers import Basic, host_scalars
 from titanax.runtime.state import TrainState
 
 if TYPE_CHECKING:
@@ -157,14 +157,6 @@ def _save_checked(engine: Engine, state: TrainState, step: int, watch: _LossWatc
         ) from None
 
 
-def _host_scalars(metrics: Any) -> dict[str, float]:
-    # Nested dicts become "outer/inner"; non-numbers are skipped with a warning (scalar_metrics).
-    if not isinstance(metrics, Mapping):
-        return {}
-    fetched = jax.device_get(scalar_metrics(metrics))
-    return {name: float(value) for name, value in fetched.items()}
-
-
 class _PlainProgress:
     """Progress for output that is not a terminal (a file, a pipe, ``titanax launch``): no redrawn bar,
     one plain line per log interval on process 0, and none when a ``Basic`` logger already prints one."""
@@ -181,7 +173,8 @@ class _PlainProgress:
             return
         rate = (self.step - self.start_step) / max(time.perf_counter() - self.start, 1e-9)
         extra = " ".join(f"{name}={value}" for name, value in values.items() if name != "refresh")
-        sys.stderr.write(f"[titanax] step {self.step}/{self.total} ({rate:.3g} steps/s) {extra}\n".rstrip() + "\n")
+        line = f"[titanax] step {self.step}/{self.total} ({rate:.3g} steps/s) {extra}".rstrip()
+        sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -193,8 +186,6 @@ def _progress_bar(enabled: bool, total: int, initial: int, loggers: Sequence[Any
 
     show = enabled and jax.process_index() == 0
     if show and not sys.stderr.isatty():
-        from titanax.runtime.loggers import Basic
-
         return _PlainProgress(total, initial, quiet=any(isinstance(logger, Basic) for logger in loggers))
     return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not show)
 
@@ -315,7 +306,7 @@ def fit(
                 jax.block_until_ready(metrics)
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 watch.check()
-                scalars = _host_scalars(metrics)
+                scalars = host_scalars(metrics)
                 scalars["step_time_s"] = elapsed / window_steps
                 scalars["samples_per_s"] = window_examples / elapsed
                 if tokens_per_sample:
@@ -326,7 +317,7 @@ def fit(
                 bar.set_postfix(refresh=False, **shown)
             if eval_fn is not None and ((eval_every and step % eval_every == 0) or last):
                 watch.check()
-                results = {f"eval_{name}": value for name, value in _host_scalars(eval_fn(state)).items()}
+                results = {f"eval_{name}": value for name, value in host_scalars(eval_fn(state)).items()}
                 engine.eval_history.append((step, results))
                 engine.log(results, step, force=True)
             if engine.checkpoint is not None and (step % engine.checkpoint.every == 0 or last):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from titanax.errors import TrainingError
 from titanax.runtime.distributed import ENV_PROCESS_ID
 
-__all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard", "scalar_metrics"]
+__all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard", "host_scalars", "scalar_metrics"]
 
 _INT64 = 2**63
 """TensorBoard event files store a step as a signed 64-bit integer."""
@@ -84,13 +84,14 @@ def _check_reserved(owner: str, metrics: Mapping[str, float], reserved: tuple[st
         )
 
 
-def scalar_metrics(metrics: Mapping[str, object]) -> dict[str, object]:
+def scalar_metrics(metrics: Mapping[str, object], *, stacklevel: int = 3) -> dict[str, object]:
     """The scalar metrics of ``metrics`` that loggers can write, keyed by name.
 
     A nested mapping is flattened with ``/`` (``{"eval": {"loss": x}}`` becomes ``"eval/loss"``); arrays with
     more than zero dimensions are left out (loggers write scalars); a value that is not a number (a string,
     ``None``, an object) is left out with a warning naming it, so one odd metric never stops a run.
     Values are returned as given (device arrays stay on the device); the caller fetches and converts them.
+    ``stacklevel`` is the warning's, as for :func:`warnings.warn`.
     """
     found: dict[str, object] = {}
     skipped: list[str] = []
@@ -110,9 +111,17 @@ def scalar_metrics(metrics: Mapping[str, object]) -> dict[str, object]:
         warnings.warn(
             f"titanax: metrics {sorted(skipped)} are not numbers and are not logged; "
             "return numbers or scalar arrays from the step (strings and objects belong in your own log)",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     return found
+
+
+def host_scalars(metrics: object) -> dict[str, float]:
+    """:func:`scalar_metrics` of ``metrics`` fetched to the host as floats, in one transfer
+    (nothing for metrics that are not a mapping)."""
+    if not isinstance(metrics, Mapping):
+        return {}
+    return {name: float(value) for name, value in jax.device_get(scalar_metrics(metrics, stacklevel=4)).items()}
 
 
 def _is_numeric(value: object) -> bool:

@@ -6,10 +6,24 @@ from dataclasses import dataclass, field
 
 from titanax.errors import Diagnostic, Location, ParseError
 
-__all__ = ["MAX_SOURCE_BYTES", "SourceFile"]
+__all__ = ["MAX_SOURCE_BYTES", "SourceFile", "oversize_error"]
 
 MAX_SOURCE_BYTES = 16 * 1024 * 1024
 """Largest plan file read; a plan is a few hundred bytes, so anything near this is a mistake."""
+
+
+def oversize_error(path: str, size: int | None) -> ParseError:
+    """TX604 for a plan over :data:`MAX_SOURCE_BYTES`: ``size`` bytes, or ``None`` for a stream that
+    gave more than the limit (its size is not known)."""
+    amount = f"is {size} bytes" if size is not None else f"gives more than {MAX_SOURCE_BYTES} bytes"
+    return ParseError(
+        Diagnostic(
+            code="TX604",
+            message=f"{path} {amount}; plan files are limited to {MAX_SOURCE_BYTES} bytes",
+            hint=f"is this the right {'file' if size is not None else 'input'}? a plan is a few lines of text",
+            location=Location(path=path, line=1, column=1),
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -33,14 +47,7 @@ class SourceFile:
     def from_bytes(cls, path: str, data: bytes) -> SourceFile:
         """Decode ``data`` as UTF-8; raise a located TX604 for anything else."""
         if len(data) > MAX_SOURCE_BYTES:
-            raise ParseError(
-                Diagnostic(
-                    code="TX604",
-                    message=f"{path} is {len(data)} bytes; plan files are limited to {MAX_SOURCE_BYTES} bytes",
-                    hint="is this the right file? a plan is a few lines of text",
-                    location=Location(path=path, line=1, column=1),
-                )
-            )
+            raise oversize_error(path, len(data))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
