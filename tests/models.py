@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 IN, HIDDEN, OUT = 4, 16, 3
@@ -91,3 +92,47 @@ def gpt_batches(steps: int, batch_size: int, seed: int = 3) -> list[dict]:
         ids = jax.random.randint(sub, (batch_size, GPT["seq_len"] + 1), 0, GPT["vocab"])
         batches.append({"ids": ids[:, :-1], "labels": ids[:, 1:]})
     return batches
+
+
+# -- shared by the numerics tests -------------------------------------------------------
+def sgd_reference(value_and_grad, params, batches, lr):
+    """Losses and final parameters of plain SGD with ``value_and_grad(params, batch)``, one step per batch."""
+    losses = []
+    for batch in batches:
+        loss, grads = value_and_grad(params, batch)
+        losses.append(float(loss))
+        params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+    return np.array(losses), params
+
+
+def stacked_gpt_reference(layers):
+    """``value_and_grad`` of the reference GPT loss on the per-layer view of stacked parameters."""
+
+    def loss(params, batch):
+        unstacked = {
+            **params,
+            "blocks": {str(i): jax.tree.map(lambda x, i=i: x[i], params["blocks"]) for i in range(layers)},
+        }
+        return ref_gpt_loss(unstacked, batch["ids"], batch["labels"])
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def max_relative_error(tree, ref):
+    """The largest, over leaves, of max |a - b| relative to max |b|."""
+    errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)), tree, ref)
+    return max(jax.tree.leaves(errors))
+
+
+class Recorder:
+    """A logger that keeps every value it is sent, by step."""
+
+    def __init__(self, every=1):
+        self.every = every
+        self.rows = {}
+
+    def log(self, step, metrics):
+        self.rows.setdefault(step, {}).update(metrics)
+
+    def close(self):
+        pass

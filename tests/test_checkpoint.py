@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models import Recorder
 
 import titanax as tx
 from titanax import nn
@@ -58,21 +59,6 @@ def loader():
     x = rng.normal(size=(256, 8)).astype(np.float32)
     y = np.sin(x[:, :4]).astype(np.float32)
     return tx.data.ArrayLoader({"x": x, "y": y}, batch_size=32, seed=3)
-
-
-class Recorder:
-    """A logger that keeps every value it is sent."""
-
-    every = 1
-
-    def __init__(self):
-        self.rows = {}
-
-    def log(self, step, metrics):
-        self.rows.setdefault(step, {}).update(metrics)
-
-    def close(self):
-        pass
 
 
 def losses_of(recorder):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from models import Recorder
 
 import titanax as tx
 from titanax.runtime import checkpoint as checkpoint_module
@@ -56,19 +57,6 @@ def linear_step(state, batch):
 def batches(position):
     scale = 1e36 if position == BOMB else 1e-3
     return {"x": np.full((16, WIDTH), scale, np.float32)}
-
-
-class Recorder:
-    every = 1
-
-    def __init__(self):
-        self.rows = {}
-
-    def log(self, step, metrics):
-        self.rows.setdefault(step, {}).update(metrics)
-
-    def close(self):
-        pass
 
 
 def saved_steps(directory):

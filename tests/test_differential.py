@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from models import GPT, gpt_batches, ref_gpt_loss
+from models import GPT, gpt_batches, max_relative_error, sgd_reference, stacked_gpt_reference
 
 import titanax as tx
 from titanax import nn
@@ -26,18 +26,6 @@ GPT_STACKED = {**GPT, "layers": 4}
 def step(state, batch):
     loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
     return state.apply_gradients(grads=grads), {"loss": loss}
-
-
-def reference_value_and_grad():
-    def loss(params, batch):
-        layers = GPT_STACKED["layers"]
-        unstacked = {
-            **params,
-            "blocks": {str(i): jax.tree.map(lambda x, i=i: x[i], params["blocks"]) for i in range(layers)},
-        }
-        return ref_gpt_loss(unstacked, batch["ids"], batch["labels"])
-
-    return jax.jit(jax.value_and_grad(loss))
 
 
 @st.composite
@@ -74,16 +62,9 @@ def check_plan(mesh, plan):
     for batch in batches:
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
-    reference, ref_params = reference_value_and_grad(), params
-    ref_losses = []
-    for batch in batches:
-        loss, grads = reference(ref_params, batch)
-        ref_losses.append(float(loss))
-        ref_params = jax.tree.map(lambda p, g: p - LR * g, ref_params, grads)
+    ref_losses, ref_params = sgd_reference(stacked_gpt_reference(GPT_STACKED["layers"]), params, batches, LR)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-    got = jax.device_get(state.params)
-    errors = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b)) / (np.max(np.abs(b)) + 1e-30)), got, ref_params)
-    assert max(jax.tree.leaves(errors)) < 1e-5
+    assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
 
 
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow], "derandomize": True}

@@ -6,23 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from models import init_mlp, mlp_loss
+from models import Recorder, init_mlp, mlp_loss
 
 import titanax as tx
-
-
-class Recorder:
-    """A logger that keeps every value it is sent."""
-
-    def __init__(self, every=1):
-        self.every = every
-        self.rows = {}
-
-    def log(self, step, metrics):
-        self.rows.setdefault(step, {}).update(metrics)
-
-    def close(self):
-        pass
 
 
 def make_engine(**options):

@@ -7,9 +7,10 @@ doubled gradient visible; parameters after each step are ``p - lr * grad``.
 
 import jax
 import jax.numpy as jnp
+import models
 import numpy as np
 import pytest
-from models import GPT, gpt_batches
+from models import GPT, gpt_batches, max_relative_error
 
 import titanax as tx
 from titanax import nn
@@ -53,12 +54,7 @@ REFERENCE = jax.jit(jax.value_and_grad(reference_loss))
 
 
 def sgd_reference(value_and_grad, params, batches):
-    losses = []
-    for batch in batches:
-        loss, grads = value_and_grad(params, batch)
-        losses.append(float(loss))
-        params = jax.tree.map(lambda p, g: p - LR * g, params, grads)
-    return np.array(losses), params
+    return models.sgd_reference(value_and_grad, params, batches, LR)
 
 
 @tx.step_fn
@@ -75,11 +71,6 @@ def run(plan, mesh, params, batches, step=pipeline_step):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     return np.array(losses), jax.device_get(state.params), state
-
-
-def max_relative_error(tree, ref):
-    errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)), tree, ref)
-    return max(jax.tree.leaves(errors))
 
 
 def mlp_batches(count, size):
@@ -125,18 +116,7 @@ def gpt_pipeline_step(state, batch):
 
 def gpt_reference():
     """The GPT reference of models.py, on the per-layer (unstacked) view of the same parameters."""
-    from models import ref_gpt_loss
-
-    def loss(params, batch):
-        unstacked = {
-            **params,
-            "blocks": {
-                str(i): jax.tree.map(lambda x, i=i: x[i], params["blocks"]) for i in range(GPT_STACKED["layers"])
-            },
-        }
-        return ref_gpt_loss(unstacked, batch["ids"], batch["labels"])
-
-    return jax.jit(jax.value_and_grad(loss))
+    return models.stacked_gpt_reference(GPT_STACKED["layers"])
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,9 @@ step are ``p - lr * grad``, so equal parameters mean equal gradients.
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from models import GPT, gpt_batches, ref_gpt_loss
+from models import GPT, gpt_batches, max_relative_error, ref_gpt_loss
 
 import titanax as tx
 from titanax import nn
@@ -54,11 +53,6 @@ def titanax_run(dp, tp, *, sequence_parallel=False, optimizer=None):
         state, metrics = train_step(state, batch)
         losses.append(float(metrics["loss"]))
     return np.array(losses), state, params, batches
-
-
-def max_relative_error(tree, ref):
-    errors = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b)) / (jnp.max(jnp.abs(b)) + 1e-30)), tree, ref)
-    return max(jax.tree.leaves(errors))
 
 
 @pytest.mark.parametrize(("dp", "tp"), [(1, 8), (2, 4), (4, 2), (8, 1)], ids=lambda v: str(v))
