@@ -134,7 +134,7 @@ def test_tp_with_accumulation_runs_user_collectives_once_per_microbatch():
 def test_dp_x_tp_x_pp_1f1b_audit():
     audit = pipeline_audit((2, 2, 2), "1f1b")
     assert_ok(audit)
-    ticks = 2 * (4 + 2 - 1)
+    ticks = 4 + 2 * 2 - 1  # lockstep 1F1B: m + 2p - 1
     permutes = {r.moves: r.executions for r in audit.rows if r.op == "collective-permute"}
     assert permutes == {((0, 1),): ticks, ((1, 0),): ticks}
 

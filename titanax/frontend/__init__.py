@@ -7,7 +7,7 @@ is reported at once. Nothing here imports JAX.
 """
 
 from titanax.frontend.mesh_spec import MeshSpec
-from titanax.frontend.pipeline import PP, SCHEDULES, LayerRange, Stage, parse_layer
+from titanax.frontend.pipeline import PP, REMAT_POLICIES, SCHEDULES, LayerRange, Stage, parse_layer
 from titanax.frontend.plan import DP, Plan
 from titanax.frontend.precision import DTYPES, Precision
 from titanax.frontend.tensor_parallel import ROLES, TP, Rule
@@ -17,6 +17,7 @@ __all__ = [
     "DTYPES",
     "PP",
     "ROLES",
+    "REMAT_POLICIES",
     "SCHEDULES",
     "TP",
     "LayerRange",

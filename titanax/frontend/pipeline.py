@@ -9,10 +9,16 @@ from dataclasses import dataclass, field
 from titanax.errors import Location, PlanError
 from titanax.frontend.bounds import MAX_BALANCE_TOLERANCE, shown
 
-__all__ = ["SCHEDULES", "LayerRange", "PP", "Stage", "parse_layer"]
+__all__ = ["REMAT_POLICIES", "SCHEDULES", "LayerRange", "PP", "Stage", "parse_layer"]
 
-SCHEDULES = ("gpipe", "1f1b")
-"""Pipeline schedules: all forwards then all backwards, or one-forward-one-backward."""
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbh1")
+"""Pipeline schedules: all forwards then all backwards; one-forward-one-backward; 1F1B over
+``virtual_stages`` chunks per device; zero bubble H1 (the backward split into input and weight gradients)."""
+
+REMAT_POLICIES = ("none", "dots", "full")
+"""What a stage's forward keeps for its backward: every residual (``none``: no forward runs
+twice), only matmul outputs (``dots``: the backward reruns the cheap elementwise work), or only
+the stage input (``full``: the backward reruns the whole forward)."""
 
 _LAYER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)(?::(\d+))?\])?")
 
@@ -112,10 +118,22 @@ class PP:
     takes the name the stages' ranges use (``block`` in ``block[0:6]``), else ``"blocks"``."""
     balance_tolerance: float = 1.25
     """Largest allowed ratio between the costliest and the cheapest stage."""
+    virtual_stages: int = 1
+    """Chunks of blocks per device under ``schedule="interleaved"`` (at least 2 there, 1 otherwise)."""
+    remat: str = "none"
+    """One of :data:`REMAT_POLICIES`: what each forward keeps for its backward."""
     location: Location | None = field(default=None, compare=False, repr=False)
     """Where the dimension was declared, when it came from a ``.tx`` file."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.virtual_stages, int) or isinstance(self.virtual_stages, bool):
+            raise PlanError.single(
+                "TX204", f"PP(virtual_stages={shown(self.virtual_stages)}) must be an integer", "write virtual_stages=2"
+            )
+        if not isinstance(self.remat, str):
+            raise PlanError.single(
+                "TX204", f"PP(remat={self.remat!r}) must be a string", f"use one of {REMAT_POLICIES}"
+            )
         if not isinstance(self.axis, str):
             raise PlanError.single(
                 "TX204", f"PP(axis={self.axis!r}) must be one axis name", 'write PP(axis="pipe", ...)'

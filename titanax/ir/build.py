@@ -100,6 +100,8 @@ def _build_pipeline(ir: PlanIR, pp: PP) -> None:
         schedule=pp.schedule,
         blocks=pp.blocks_entry,
         balance_tolerance=float(pp.balance_tolerance),
+        virtual_stages=pp.virtual_stages,
+        remat=pp.remat,
         location=pp.location,
     )
     _add(ir, "pp", dim)

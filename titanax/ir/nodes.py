@@ -200,11 +200,16 @@ class PipelineParallelNode(Node):
     axes: tuple[str, ...]
     microbatches: int
     schedule: str
-    """``gpipe`` or ``1f1b``."""
+    """``gpipe``, ``1f1b``, ``interleaved`` or ``zbh1``."""
     blocks: str = "blocks"
     """Parameter entry holding the stacked blocks, split evenly over the pipeline axis."""
     balance_tolerance: float = 1.25
     """Largest allowed max/min ratio of per-stage cost."""
+    virtual_stages: int = 1
+    """Chunks of blocks each device holds (``interleaved``): model stage ``c * p + s`` is chunk ``c`` of device ``s``."""
+    remat: str = "none"
+    """What a forward keeps for its backward: ``none`` (every residual), ``dots`` (matmul outputs) or
+    ``full`` (only the stage input; the backward reruns the forward)."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -331,8 +336,10 @@ class ScheduleOpNode(Node):
     tick: int
     stage: int
     op: str
-    """``forward`` or ``backward``."""
+    """``forward``, ``backward`` (the input gradient only when the schedule has ``weight`` ops) or ``weight``."""
     microbatch: int
+    chunk: int = 0
+    """Which of the device's chunks of blocks the op runs (0 unless the schedule is interleaved)."""
 
 
 EDGE_RULES: dict[EdgeKind, frozenset[tuple[NodeKind, NodeKind]]] = {

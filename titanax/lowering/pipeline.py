@@ -25,20 +25,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from titanax.errors import PlanError
 from titanax.ir import Schedule
 from titanax.lowering.collectives import ensure_varying, varying_axes
 from titanax.lowering.context import active_recorder, outside_step_context
+from titanax.lowering.pipeline_tables import PipelineTables
+from titanax.lowering.residuals import ResidualLayout, StashShape, apply_remat, trace_layout
+from titanax.lowering.split_backward import SplitBackward, split_backward
 from titanax.lowering.step_plan import PipelinePlan
 
-__all__ = ["PipelineProgram", "cotangent_slots", "sequential_loss", "stash_slots"]
+__all__ = ["PipelineProgram", "sequential_loss"]
 
 
 def sequential_loss(
@@ -56,41 +59,23 @@ def _zeros_like_aval(aval: Any, extra: frozenset[str] = frozenset()) -> jax.Arra
     return lax.pcast(zeros, axes, to="varying") if axes else zeros
 
 
-def _fewest_slots(intervals: dict[int, list[tuple[int, int, int]]], m: int) -> int:
-    """Fewest ``K`` such that no two live intervals of one stage share ``microbatch % K``.
-
-    An interval ``(written, last_read]``: a slot is filled at the end of one tick and read
-    during a later one, and within a tick every read happens before the write.
-    """
-    for k in range(1, m + 1):
-        if all(
-            not (a0 < b1 and b0 < a1)
-            for spans in intervals.values()
-            for x, (i, a0, a1) in enumerate(spans)
-            for (j, b0, b1) in spans[x + 1 :]
-            if i % k == j % k
-        ):
-            return k
-    return m
+def _stage_function(kind: str, first: Callable, run_blocks: Callable, last: Callable, mb: Any) -> Callable:
+    """The function a stage of ``kind`` differentiates, over its primals (see :func:`_primals`)."""
+    if kind == "first":
+        return lambda o, b: run_blocks(b, first(o, mb))
+    if kind == "middle":
+        return run_blocks
+    return lambda o, b, x: last(o, run_blocks(b, x), mb)
 
 
-def stash_slots(schedule: Schedule) -> int:
-    """Slots for stage inputs: a microbatch's input waits on stage ``s > 0`` from the forward on
-    ``s - 1`` that sends it to the backward on ``s`` that last uses it (stage 0 recomputes its
-    input from the batch). About ``p`` under 1F1B, ``m`` under GPipe."""
-    p, m = schedule.stages, schedule.microbatches
-    tick = {(op.kind, op.stage, op.microbatch): op.tick for op in schedule.ops}
-    spans = {s: [(i, tick[("F", s - 1, i)], tick[("B", s, i)]) for i in range(m)] for s in range(1, p)}
-    return _fewest_slots(spans, m)
-
-
-def cotangent_slots(schedule: Schedule) -> int:
-    """Slots for cotangents: one waits on stage ``s < p - 1`` from the backward on ``s + 1`` that
-    sends it to the backward on ``s`` (usually the next tick, so one or two slots suffice)."""
-    p, m = schedule.stages, schedule.microbatches
-    tick = {(op.kind, op.stage, op.microbatch): op.tick for op in schedule.ops}
-    spans = {s: [(i, tick[("B", s + 1, i)], tick[("B", s, i)]) for i in range(m)] for s in range(p - 1)}
-    return _fewest_slots(spans, m)
+def _primals(kind: str, others: Any, blocks: Any, x: Any) -> tuple[Any, ...]:
+    """What a stage of ``kind`` differentiates with respect to: the first stage has no input
+    activation, a middle stage uses no whole (non-block) parameter."""
+    if kind == "first":
+        return (others, blocks)
+    if kind == "middle":
+        return (blocks, x)
+    return (others, blocks, x)
 
 
 @dataclass(frozen=True)
@@ -118,23 +103,6 @@ class PipelineProgram:
     def balance_tolerance(self) -> float:
         """Largest allowed ratio of the costliest stage's forward FLOPs to the cheapest's."""
         return self.plan.balance_tolerance
-
-    def tables(self) -> dict[str, np.ndarray]:
-        """Per tick and stage: op (0 idle, 1 forward, 2 backward), microbatch, and the slots the
-        activation and cotangent arriving at the end of the tick go to (the last slot is a spare)."""
-        s, p = self.schedule, self.schedule.stages
-        k, kg = stash_slots(s), cotangent_slots(s)
-        shape = (s.ticks, p)
-        op, micro = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
-        act_slot, grad_slot = np.full(shape, k, np.int32), np.full(shape, kg, np.int32)
-        for cell in s.ops:
-            op[cell.tick, cell.stage] = 1 if cell.kind == "F" else 2
-            micro[cell.tick, cell.stage] = cell.microbatch
-            if cell.kind == "F" and cell.stage + 1 < p:
-                act_slot[cell.tick, cell.stage + 1] = cell.microbatch % k
-            if cell.kind == "B" and cell.stage > 0:
-                grad_slot[cell.tick, cell.stage - 1] = cell.microbatch % kg
-        return {"op": op, "micro": micro, "act_slot": act_slot, "grad_slot": grad_slot}
 
     def _check_flops_balance(self, first, block, last, others, blocks, mb0) -> None:
         """Compare the forward FLOPs of the first, middle and last stages (XLA's cost analysis).
@@ -212,101 +180,286 @@ class PipelineProgram:
         With a float16 ``loss_scale`` the backward starts from the scaled loss, so the
         gradients come back multiplied by it (the step unscales them); the loss does not.
         """
-        p, m = self.schedule.stages, self.schedule.microbatches
-        if p == 1:
+        if self.schedule.stages == 1:
             return self._single_stage(first, block, last, params, batch, loss_scale)
-        seed = 1.0 / m if loss_scale is None else loss_scale / m
-        k, kg = stash_slots(self.schedule), cotangent_slots(self.schedule)
-        tables = {name: jnp.asarray(t) for name, t in self.tables().items()}
-        pipe = frozenset({self.axis})
-        blocks = params[self.blocks]
-        others = jax.tree.map(lambda x: ensure_varying(x, pipe), {n: v for n, v in params.items() if n != self.blocks})
-        micro = jax.tree.map(lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:]), batch)
+        run = _ScheduleRun(self, PipelineModelFns(first, block, last), params, batch, loss_scale)
+        mb0 = run.microbatch(0)
+        self._check_flops_balance(first, block, last, run.others, run.blocks, mb0)
+        return run.execute()
 
-        def run_blocks(b: Any, x: Any) -> Any:
-            if jax.tree.leaves(b)[0].shape[0] == 1:
-                # One block per stage: no loop. XLA inlines a one-trip loop and then drops the work
-                # whose result is dead (a backward's recomputed output); without the loop the
-                # trace's dead-code pass sees the same, and the IR lists what XLA runs.
-                return block(jax.tree.map(lambda w: w[0], b), x)
-            return lax.scan(lambda h, layer: (block(layer, h), None), x, b)[0]
 
-        def f_first(o: Any, b: Any, mb: Any) -> Any:
-            return run_blocks(b, first(o, mb))
+@dataclass(frozen=True)
+class PipelineModelFns:
+    """The model's three functions: ``first(o, mb)``, ``block(layer, x)``, ``last(o, x, mb)``."""
 
-        def f_last(o: Any, b: Any, x: Any, mb: Any) -> Any:
-            return last(o, run_blocks(b, x), mb)
+    first: Callable[[Any, Any], Any]
+    block: Callable[[Any, Any], Any]
+    last: Callable[[Any, Any, Any], Any]
 
-        mb0 = jax.tree.map(lambda x: x[0], micro)
-        act_aval = jax.eval_shape(f_first, others, blocks, mb0)
-        self._check_flops_balance(first, block, last, others, blocks, mb0)
-        mid_aval = jax.eval_shape(run_blocks, blocks, _zeros_like_aval(act_aval))
-        act_axes = varying_axes(act_aval) | varying_axes(mid_aval) | pipe
-        act_zero = _zeros_like_aval(act_aval, act_axes)
-        loss_axes = varying_axes(jax.eval_shape(f_last, others, blocks, act_zero, mb0)) | pipe
-        zero_grads = (jax.tree.map(jnp.zeros_like, others), jax.tree.map(jnp.zeros_like, blocks))
-        zero_loss = ensure_varying(jnp.zeros((), jnp.float32), loss_axes)
-        stage = lax.axis_index(self.axis)
-        kind = jnp.where(stage == 0, 0, jnp.where(stage == p - 1, 2, 1))  # first, middle, last
 
-        def outputs(act=None, grad=None, d_o=None, d_b=None, loss=None):
-            # Every branch returns the same types, varying-ness included.
-            return (
-                ensure_varying(act, act_axes) if act is not None else act_zero,
-                ensure_varying(grad, act_axes) if grad is not None else act_zero,
-                d_o if d_o is not None else zero_grads[0],
-                d_b if d_b is not None else zero_grads[1],
-                ensure_varying(loss.astype(jnp.float32), loss_axes) if loss is not None else zero_loss,
-            )
+_COTANGENT_NAMES = {"first": ("o", "b"), "middle": ("b", "x"), "last": ("o", "b", "x")}
+"""What each entry of a stage's pullback result is the gradient of (see :func:`_primals`)."""
 
-        def idle(o, b, x, g, mb):
-            return outputs()
 
-        def forward_first(o, b, x, g, mb):
-            return outputs(act=f_first(o, b, mb))
+class _ScheduleRun:
+    """One trace of the pipelined step: the values every branch shares, the branches, the loop.
 
-        def forward_middle(o, b, x, g, mb):
-            return outputs(act=run_blocks(b, x))
+    A forward runs its stage under ``jax.vjp`` and stashes the pullback's residuals
+    (:mod:`titanax.lowering.residuals`); its backward rebuilds the pullback from the stash. With a
+    split backward (ZB-H1) the backward runs only the input-gradient half and stashes what the
+    weight half needs (:mod:`titanax.lowering.split_backward`); the ``W`` op runs that half later.
+    """
 
-        def backward_first(o, b, x, g, mb):
-            _, pullback = jax.vjp(lambda o_, b_: f_first(o_, b_, mb), o, b)
-            d_o, d_b = pullback(g)
-            return outputs(d_o=d_o, d_b=d_b)
+    def __init__(
+        self, program: PipelineProgram, model: PipelineModelFns, params: dict[str, Any], batch: Any, loss_scale: Any
+    ):
+        schedule = program.schedule
+        self.program, self.model = program, model
+        self.p, self.m, self.v = schedule.stages, schedule.microbatches, schedule.virtual_stages
+        self.split = schedule.split_backward
+        self.tables = PipelineTables.build(schedule)
+        self.seed = 1.0 / self.m if loss_scale is None else loss_scale / self.m
+        pipe = frozenset({program.axis})
+        self.pipe = pipe
+        self.blocks = params[program.blocks]
+        self.others = jax.tree.map(
+            lambda x: ensure_varying(x, pipe), {n: val for n, val in params.items() if n != program.blocks}
+        )
+        m = self.m
+        # Varying over the pipeline axis from the start, as the per-device slices in the loop are:
+        # the residual layout traced before the loop must match the loop's.
+        self.micro = jax.tree.map(lambda x: ensure_varying(x.reshape(m, x.shape[0] // m, *x.shape[1:]), pipe), batch)
+        self.per_chunk = jax.tree.leaves(self.blocks)[0].shape[0] // self.v
+        mb0 = self.microbatch(0)
+        first_blocks = self.chunk_of(self.blocks, 0)
+        act_aval = jax.eval_shape(
+            lambda o, b, mb: self.run_blocks(b, model.first(o, mb)), self.others, first_blocks, mb0
+        )
+        mid_aval = jax.eval_shape(self.run_blocks, first_blocks, _zeros_like_aval(act_aval))
+        self.act_axes = varying_axes(act_aval) | varying_axes(mid_aval) | pipe
+        self.act_zero = _zeros_like_aval(act_aval, self.act_axes)
+        loss_aval = jax.eval_shape(
+            lambda o, b, x, mb: model.last(o, self.run_blocks(b, x), mb), self.others, first_blocks, self.act_zero, mb0
+        )
+        self.loss_axes = varying_axes(loss_aval) | pipe
+        self.zero_loss = ensure_varying(jnp.zeros((), jnp.float32), self.loss_axes)
+        self.layouts: dict[tuple[int, str], ResidualLayout] = {}
+        self.handoffs: dict[tuple[int, str], ResidualLayout] = {}
+        self.loss_types: dict[tuple[int, str], tuple[Any, frozenset[str]]] = {}
+        for c, kind in self.tables.forward_branches:
+            # Traced once outside the loop (nothing of this trace stays in the program): the
+            # stashes are sized from it before the loop starts.
+            jax.eval_shape(partial(self._probe, c, kind), self.others, self.blocks, self.act_zero, mb0)
 
-        def backward_middle(o, b, x, g, mb):
-            _, pullback = jax.vjp(run_blocks, b, x)
-            d_b, d_x = pullback(g)
-            return outputs(grad=d_x, d_b=d_b)
+    # -- pieces every branch uses ---------------------------------------------------------
+    def chunk_of(self, b: Any, c: int) -> Any:
+        """Chunk ``c`` of this device's blocks."""
+        if self.v == 1:
+            return b
+        return jax.tree.map(lambda w: w[c * self.per_chunk : (c + 1) * self.per_chunk], b)
 
-        def backward_last(o, b, x, g, mb):
-            loss, pullback = jax.vjp(lambda o_, b_, x_: f_last(o_, b_, x_, mb), o, b, x)
-            d_o, d_b, d_x = pullback(ensure_varying(jnp.asarray(seed, loss.dtype), varying_axes(jax.typeof(loss))))
-            return outputs(grad=d_x, d_o=d_o, d_b=d_b, loss=loss)
+    def run_blocks(self, b: Any, x: Any) -> Any:
+        """The blocks of one chunk, in order."""
+        layers = jax.tree.leaves(b)[0].shape[0]
+        if layers == 1 or self.split:
+            # Straight-line layers: with one layer, XLA would inline a one-trip loop and drop the
+            # dead work, and the trace's dead-code pass sees the same without it; with a split
+            # backward, each layer's weight gradient must be an equation of its own.
+            for k in range(layers):
+                x = self.model.block(jax.tree.map(lambda w, k=k: w[k], b), x)
+            return x
+        return lax.scan(lambda h, layer: (self.model.block(layer, h), None), x, b)[0]
 
-        # The last stage's forward only fills the stash: its backward, the next op it
-        # runs on that microbatch, recomputes it together with the loss.
-        branches = [idle, forward_first, forward_middle, idle, backward_first, backward_middle, backward_last]
+    def microbatch(self, i: Any) -> Any:
+        """Microbatch ``i`` (traced index)."""
+        return jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), self.micro)
+
+    @staticmethod
+    def references(o: Any, b: Any, mb: Any) -> list[Any]:
+        """Values a residual may be, which are taken again rather than stashed."""
+        return [*jax.tree.leaves(o), *jax.tree.leaves(b), *jax.tree.leaves(mb)]
+
+    def stage_vjp(self, c: int, kind: str, o: Any, b: Any, x: Any, mb: Any) -> tuple[Any, Any, Any]:
+        """Run chunk ``c``'s stage forward under ``jax.vjp``: (output, pullback, chunk blocks)."""
+        b_c = self.chunk_of(b, c)
+        fn = apply_remat(
+            _stage_function(kind, self.model.first, self.run_blocks, self.model.last, mb), self.program.plan.remat
+        )
+        out, pullback = jax.vjp(fn, *_primals(kind, o, b_c, x))
+        return out, pullback, b_c
+
+    def seed_cotangent(self, c: int, kind: str) -> Any:
+        """d(mean loss)/d(this microbatch's loss), typed as the loss."""
+        dtype, axes = self.loss_types[(c, kind)]
+        return ensure_varying(jnp.asarray(self.seed, dtype), axes)
+
+    def split_of(self, c: int, kind: str, leaves: list[Any], g: Any) -> SplitBackward:
+        """The backward of chunk ``c``'s stage, split into its input and weight halves."""
+        treedef = self.layouts[(c, kind)].treedef
+        count = len(leaves)
+
+        def backward(*args: Any) -> list[Any]:
+            return jax.tree.leaves(jax.tree.unflatten(treedef, list(args[:count]))(*args[count:]))
+
+        n_out = len(jax.tree.leaves(jax.eval_shape(backward, *leaves, g)))
+        inputs = [n_out - 1] if "x" in _COTANGENT_NAMES[kind] else []
+        return split_backward(backward, leaves, [g], inputs)
+
+    def _probe(self, c: int, kind: str, o: Any, b: Any, x: Any, mb: Any) -> None:
+        out, pullback, b_c = self.stage_vjp(c, kind, o, b, x, mb)
+        layout, leaves = trace_layout(pullback, self.references(o, b_c, mb))
+        self.layouts[(c, kind)] = layout
+        self.loss_types[(c, kind)] = (out.dtype, varying_axes(out))
+        if self.split:
+            g = self.seed_cotangent(c, kind) if kind == "last" else self.act_zero
+            halves = self.split_of(c, kind, leaves, g)
+            handed = halves.input_part(*leaves, g)[halves.input_outputs :]
+            self.handoffs[(c, kind)] = trace_layout(list(handed), [])[0]
+
+    def accumulate(self, c: int, kind: str, grads_o: Any, grads_b: Any, d_o: Any, d_b: Any) -> tuple[Any, Any]:
+        """Add one microbatch's gradients into the step's (chunk ``c`` of the blocks)."""
+        if d_o is not None:
+            grads_o = jax.tree.map(jnp.add, grads_o, d_o)
+        if self.v == 1:
+            return grads_o, jax.tree.map(jnp.add, grads_b, d_b)
+        lo, hi = c * self.per_chunk, (c + 1) * self.per_chunk
+        grads_b = jax.tree.map(
+            lambda acc, d: lax.dynamic_update_slice_in_dim(acc, lax.slice_in_dim(acc, lo, hi) + d, lo, 0), grads_b, d_b
+        )
+        return grads_o, grads_b
+
+    def unflatten_weights(self, kind: str, b_c: Any, flat: list[Any]) -> tuple[Any, Any]:
+        """Weight gradients (whole parameters, chunk blocks) from the flat list a backward half returns."""
+        n_o = len(jax.tree.leaves(self.others)) if "o" in _COTANGENT_NAMES[kind] else 0
+        d_o = jax.tree.unflatten(jax.tree.structure(self.others), flat[:n_o]) if n_o else None
+        d_b = jax.tree.unflatten(jax.tree.structure(b_c), flat[n_o:])
+        return d_o, d_b
+
+    # -- branches -------------------------------------------------------------------------
+    def forward_branch(self, c: int, kind: str) -> Callable:
+        """Run chunk ``c``'s forward, returning what to send, its residual rows and its loss."""
+
+        def run(o, b, x, mb, rows):
+            out, pullback, b_c = self.stage_vjp(c, kind, o, b, x, mb)
+            layout, leaves = trace_layout(pullback, self.references(o, b_c, mb))
+            if layout.sources != self.layouts[(c, kind)].sources:
+                raise RuntimeError("a stage's residuals changed between two traces")  # pragma: no cover
+            rows = layout.pack(leaves, rows)
+            if kind == "last":
+                return self.act_zero, rows, ensure_varying(out.astype(jnp.float32), self.loss_axes)
+            return ensure_varying(out, self.act_axes), rows, self.zero_loss
+
+        return run
+
+    def forward_idle(self, o, b, x, mb, rows):
+        """Nothing to run: send zeros, leave the residual row as it was."""
+        return self.act_zero, rows, self.zero_loss
+
+    def backward_branch(self, c: int, kind: str) -> Callable:
+        """Run chunk ``c``'s whole backward: the cotangent to send, and the gradients added in."""
+
+        def run(o, b, g, mb, rows, grads_o, grads_b):
+            b_c = self.chunk_of(b, c)
+            pullback = self.layouts[(c, kind)].rebuild(rows, self.references(o, b_c, mb))
+            g = self.seed_cotangent(c, kind) if kind == "last" else g
+            cotangents = dict(zip(_COTANGENT_NAMES[kind], pullback(g), strict=True))
+            grads_o, grads_b = self.accumulate(c, kind, grads_o, grads_b, cotangents.get("o"), cotangents["b"])
+            d_x = ensure_varying(cotangents["x"], self.act_axes) if "x" in cotangents else self.act_zero
+            return d_x, grads_o, grads_b
+
+        return run
+
+    def backward_idle(self, o, b, g, mb, rows, grads_o, grads_b):
+        """Nothing to run: send zeros, gradients unchanged."""
+        return self.act_zero, grads_o, grads_b
+
+    def input_branch(self, c: int, kind: str) -> Callable:
+        """Run the input-gradient half of chunk ``c``'s backward; stash what its ``W`` needs."""
+
+        def run(o, b, g, mb, rows, wrows):
+            b_c = self.chunk_of(b, c)
+            leaves = self.layouts[(c, kind)].leaves(rows, self.references(o, b_c, mb))
+            g = self.seed_cotangent(c, kind) if kind == "last" else g
+            halves = self.split_of(c, kind, leaves, g)
+            results = halves.input_part(*leaves, g)
+            wrows = self.handoffs[(c, kind)].pack(results[halves.input_outputs :], wrows)
+            d_x = ensure_varying(results[0], self.act_axes) if halves.input_outputs else self.act_zero
+            return d_x, wrows
+
+        return run
+
+    def input_idle(self, o, b, g, mb, rows, wrows):
+        """Nothing to run: send zeros, leave the handoff row as it was."""
+        return self.act_zero, wrows
+
+    def weight_branch(self, c: int, kind: str) -> Callable:
+        """Run the weight-gradient half of chunk ``c``'s backward and add the gradients in."""
+
+        def run(o, b, mb, rows, wrows, grads_o, grads_b):
+            b_c = self.chunk_of(b, c)
+            leaves = self.layouts[(c, kind)].leaves(rows, self.references(o, b_c, mb))
+            handed = self.handoffs[(c, kind)].leaves(wrows, [])
+            g = self.seed_cotangent(c, kind) if kind == "last" else self.act_zero
+            halves = self.split_of(c, kind, leaves, g)
+            d_o, d_b = self.unflatten_weights(kind, b_c, halves.weight_part(*leaves, *handed))
+            return self.accumulate(c, kind, grads_o, grads_b, d_o, d_b)
+
+        return run
+
+    @staticmethod
+    def weight_idle(o, b, mb, rows, wrows, grads_o, grads_b):
+        """Nothing to run: gradients unchanged."""
+        return grads_o, grads_b
+
+    # -- the loop -------------------------------------------------------------------------
+    def execute(self) -> tuple[jax.Array, dict[str, Any]]:
+        """Run every tick of the schedule; the mean loss and the gradients, reduced as the IR says."""
+        plan, tables, m = self.program.plan, self.tables, self.m
+        o, b = self.others, self.blocks
+        stage = lax.axis_index(self.program.axis)
+        forward_fns = [self.forward_idle] + [self.forward_branch(*k) for k in tables.forward_branches]
+        if self.split:
+            backward_fns = [self.input_idle] + [self.input_branch(*k) for k in tables.backward_branches]
+            weight_fns = [self.weight_idle] + [self.weight_branch(*k) for k in tables.weight_branches]
+        else:
+            backward_fns = [self.backward_idle] + [self.backward_branch(*k) for k in tables.backward_branches]
+        res_shape = StashShape.covering(list(self.layouts.values()), tables.res_slots)
+        wres_shape = StashShape.covering(list(self.handoffs.values()), tables.wres_slots)
 
         def tick(carry, row):
-            stash, cotangents, grads_o, grads_b, loss_sum = carry
-            op, i = row["op"][stage], row["micro"][stage]
-            mb = jax.tree.map(lambda x: lax.dynamic_index_in_dim(x, i, keepdims=False), micro)
-            x_in = lax.dynamic_index_in_dim(stash, i % k, keepdims=False)
-            g_in = lax.dynamic_index_in_dim(cotangents, i % kg, keepdims=False)
-            branch = jnp.where(op == 0, 0, 1 + (op - 1) * 3 + kind)
-            act, grad, d_o, d_b, loss = lax.switch(branch, branches, others, blocks, x_in, g_in, mb)
-            grads_o = jax.tree.map(jnp.add, grads_o, d_o)
-            grads_b = jax.tree.map(jnp.add, grads_b, d_b)
-            received_act = self.plan.activations(act)
-            received_grad = self.plan.cotangents(grad)
-            stash = lax.dynamic_update_index_in_dim(stash, received_act, row["act_slot"][stage], 0)
-            cotangents = lax.dynamic_update_index_in_dim(cotangents, received_grad, row["grad_slot"][stage], 0)
-            return (stash, cotangents, grads_o, grads_b, loss_sum + loss / m), None
+            acts, cots, stash, wstash, grads_o, grads_b, loss_sum = carry
+            at = {name: row[name][stage] for name in row}
+            # The backward slot first (a stash slot it frees may take this tick's forward), then
+            # the weight slot (which may use what this tick's backward handed it), then the forward.
+            rows = StashShape.read(stash, at["b_res"])
+            g_in = lax.dynamic_index_in_dim(cots, at["b_cot"], keepdims=False)
+            mb = self.microbatch(at["b_micro"])
+            if self.split:
+                wrows = StashShape.read(wstash, at["b_wres"])
+                d_x, wrows = lax.switch(at["b_branch"], backward_fns, o, b, g_in, mb, rows, wrows)
+                wstash = StashShape.write(wstash, wrows, at["b_wres"])
+                rows = StashShape.read(stash, at["w_res"])
+                wrows = StashShape.read(wstash, at["w_wres"])
+                grads_o, grads_b = lax.switch(
+                    at["w_branch"], weight_fns, o, b, self.microbatch(at["w_micro"]), rows, wrows, grads_o, grads_b
+                )
+            else:
+                d_x, grads_o, grads_b = lax.switch(at["b_branch"], backward_fns, o, b, g_in, mb, rows, grads_o, grads_b)
+            rows = StashShape.read(stash, at["f_res"])
+            x_in = lax.dynamic_index_in_dim(acts, at["f_act"], keepdims=False)
+            y, rows, loss = lax.switch(at["f_branch"], forward_fns, o, b, x_in, self.microbatch(at["f_micro"]), rows)
+            stash = StashShape.write(stash, rows, at["f_res"])
+            # Both sends run every tick, outside the branches (a permute in a per-device branch deadlocks).
+            acts = lax.dynamic_update_index_in_dim(acts, plan.activations(y), at["act_in"], 0)
+            cots = lax.dynamic_update_index_in_dim(cots, plan.cotangents(d_x), at["cot_in"], 0)
+            return (acts, cots, stash, wstash, grads_o, grads_b, loss_sum + loss / m), None
 
-        stash = jnp.broadcast_to(act_zero, (k + 1, *act_zero.shape))
-        cotangents = jnp.broadcast_to(act_zero, (kg + 1, *act_zero.shape))
-        carry = (stash, cotangents, *zero_grads, zero_loss)
-        (_, _, grads_o, grads_b, loss_sum), _ = lax.scan(tick, carry, tables)
-        loss = self.plan.loss(loss_sum)
-        grads_o = self.plan.replicated_gradients(grads_o)
-        return loss, {**grads_o, self.blocks: grads_b}
+        acts = jnp.broadcast_to(self.act_zero, (tables.act_slots + 1, *self.act_zero.shape))
+        cots = jnp.broadcast_to(self.act_zero, (tables.cot_slots + 1, *self.act_zero.shape))
+        zero_grads = (jax.tree.map(jnp.zeros_like, o), jax.tree.map(jnp.zeros_like, b))
+        carry = (acts, cots, res_shape.zeros(), wres_shape.zeros(), *zero_grads, self.zero_loss)
+        arrays = {name: jnp.asarray(t) for name, t in tables.arrays.items()}
+        (*_, grads_o, grads_b, loss_sum), _ = lax.scan(tick, carry, arrays)
+        loss = plan.loss(loss_sum)
+        grads_o = plan.replicated_gradients(grads_o)
+        return loss, {**grads_o, self.program.blocks: grads_b}

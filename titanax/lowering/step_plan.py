@@ -38,10 +38,12 @@ class PipelinePlan:
     schedule: Schedule
     blocks: str
     balance_tolerance: float
+    remat: str
+    """What each stage's forward keeps for its backward (``none``, ``dots`` or ``full``)."""
     activations: IRCollective | None
-    """Stage ``s`` to ``s + 1`` every tick (``None`` with one stage)."""
+    """Device ``s`` to ``s + 1`` every tick (and ``p - 1`` to 0 when interleaved; ``None`` with one stage)."""
     cotangents: IRCollective | None
-    """Stage ``s`` to ``s - 1`` every tick (``None`` with one stage)."""
+    """Device ``s`` to ``s - 1`` every tick (and 0 to ``p - 1`` when interleaved; ``None`` with one stage)."""
     replicated_gradients: IRCollective
     """Sum over the pipeline axis of the gradients of parameters every stage holds whole."""
     loss: IRCollective
@@ -84,6 +86,7 @@ class StepPlan:
                 schedule=schedule_from_ir(ir),
                 blocks=pp.blocks,
                 balance_tolerance=pp.balance_tolerance,
+                remat=pp.remat,
                 activations=_one(ir, Operand.STAGE_ACTIVATIONS),
                 cotangents=_one(ir, Operand.STAGE_COTANGENTS),
                 replicated_gradients=_one(ir, Operand.REPLICATED_GRADIENTS),

@@ -1,8 +1,8 @@
 """``build-schedule``: write the pipeline's schedule table into the IR.
 
-One ``schedule_op`` node per cell that runs something (``forward`` or
-``backward`` of a microbatch on a stage at a tick), ``next`` edges in tick order
-along each stage, and a ``runs`` edge to the stage. Stages the plan left
+One ``schedule_op`` node per op (``forward``, ``backward`` or ``weight`` of a
+microbatch on a chunk of a device at a tick), ``next`` edges in run order along
+each device, and a ``runs`` edge to the stage. Stages the plan left
 implicit get ``stage`` nodes here, one per index of the pipeline axis.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from titanax.ir import EdgeKind, PipelineParallelNode, PlanIR, ScheduleOpNode, StageNode
-from titanax.ir.schedule import build_schedule
+from titanax.ir.schedule import KIND_NAMES, build_schedule
 from titanax.passes.base import Pass, PassContext, register_pass
 
 __all__ = ["BuildSchedule"]
@@ -20,7 +20,7 @@ __all__ = ["BuildSchedule"]
 @register_pass
 @dataclass(frozen=True, kw_only=True)
 class BuildSchedule(Pass):
-    """Add the GPipe or 1F1B schedule table of the pipeline as schedule_op nodes."""
+    """Add the pipeline's schedule table (GPipe, 1F1B, interleaved or ZB-H1) as schedule_op nodes."""
 
     name = "build-schedule"
     requires = ("check-pipeline", "infer-mesh-shape")
@@ -35,17 +35,17 @@ class BuildSchedule(Pass):
                     ir.connect(dim_id, stage_id, EdgeKind.CONTAINS)
                     if index:
                         ir.connect(f"stage.{index - 1}", stage_id, EdgeKind.NEXT)
-            table = build_schedule(dim.schedule, stages, dim.microbatches)
+            table = build_schedule(dim.schedule, stages, dim.microbatches, dim.virtual_stages)
             previous: dict[int, str] = {}
-            for op in table.ops:
-                node = ScheduleOpNode(
-                    tick=op.tick,
-                    stage=op.stage,
-                    op="forward" if op.kind == "F" else "backward",
-                    microbatch=op.microbatch,
-                )
-                node_id = ir.add(f"schedule.{op.stage}.{op.tick}", node)
-                ir.connect(node_id, f"stage.{op.stage}", EdgeKind.RUNS)
-                if op.stage in previous:
-                    ir.connect(previous[op.stage], node_id, EdgeKind.NEXT)
-                previous[op.stage] = node_id
+            for tick_stage_ops in (table.at(t, s) for s in range(stages) for t in range(table.ticks)):
+                for op in tick_stage_ops:
+                    node = ScheduleOpNode(
+                        tick=op.tick, stage=op.stage, op=KIND_NAMES[op.kind], microbatch=op.microbatch, chunk=op.chunk
+                    )
+                    # One op per device and tick keeps its short name; a tick running several names each by kind.
+                    suffix = f".{op.kind}" if len(tick_stage_ops) > 1 else ""
+                    node_id = ir.add(f"schedule.{op.stage}.{op.tick}{suffix}", node)
+                    ir.connect(node_id, f"stage.{op.stage}", EdgeKind.RUNS)
+                    if op.stage in previous:
+                        ir.connect(previous[op.stage], node_id, EdgeKind.NEXT)
+                    previous[op.stage] = node_id

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.frontend import SCHEDULES, LayerRange, parse_layer
+from titanax.frontend import REMAT_POLICIES, SCHEDULES, LayerRange, parse_layer
 from titanax.frontend.bounds import MAX_MICROBATCHES, shown
 from titanax.ir import PipelineParallelNode, PlanIR, StageNode
 from titanax.passes.base import Pass, PassContext, register_pass
@@ -19,8 +19,9 @@ __all__ = ["CheckPipeline"]
 class CheckPipeline(Pass):
     """Reject an unknown schedule (TX216), fewer than one microbatch or more than 2**16 (TX217), a stage
     count other than the pipeline axis size (TX212), fewer microbatches than stages
-    under 1F1B (TX213), an empty stage (TX214), a layer in two stages (TX215) and a
-    malformed layer reference (TX218)."""
+    under 1F1B, interleaved or ZB-H1 (TX213), an empty stage (TX214), a layer in two stages (TX215), a
+    malformed layer reference (TX218), an unknown remat policy (TX234) and chunks per device
+    other than at least 2 under ``interleaved`` and 1 elsewhere (TX235)."""
 
     name = "check-pipeline"
     validates = True
@@ -60,10 +61,32 @@ class CheckPipeline(Pass):
                     f"use at most {max(1, MAX_MICROBATCHES // stage_count)} microbatches, or fewer stages",
                     dim.location,
                 )
-            if dim.schedule == "1f1b" and stage_count is not None and 1 <= dim.microbatches < stage_count:
+            if dim.remat not in REMAT_POLICIES:
+                ctx.error(
+                    "TX234",
+                    f"unknown remat policy {dim.remat!r}",
+                    suggest(dim.remat, list(REMAT_POLICIES), "remat policies"),
+                    dim.location,
+                )
+            interleaved = dim.schedule == "interleaved"
+            if (interleaved and not 2 <= dim.virtual_stages <= 64) or (not interleaved and dim.virtual_stages != 1):
+                ctx.error(
+                    "TX235",
+                    f"virtual_stages = {shown(dim.virtual_stages)} with schedule {dim.schedule}: "
+                    + (
+                        "interleaved needs 2 to 64 chunks per device" if interleaved else "only interleaved runs chunks"
+                    ),
+                    "write schedule = interleaved with virtual_stages = 2"
+                    if not interleaved
+                    else "write virtual_stages = 2 (each device holds two chunks of blocks)",
+                    dim.location,
+                )
+            lockstep = dim.schedule in ("1f1b", "interleaved", "zbh1")
+            if lockstep and stage_count is not None and 1 <= dim.microbatches < stage_count:
                 ctx.error(
                     "TX213",
-                    f"1f1b needs at least as many microbatches as stages: {dim.microbatches} microbatches, {stage_count} stages",
+                    f"{dim.schedule} needs at least as many microbatches as stages: {dim.microbatches} microbatches, "
+                    f"{stage_count} stages",
                     f"use microbatches >= {stage_count} (a multiple of {stage_count} keeps the pipeline full), or schedule gpipe",
                     dim.location,
                 )

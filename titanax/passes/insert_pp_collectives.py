@@ -1,8 +1,9 @@
 """``insert-pp-collectives``: declare the collectives pipeline parallelism needs each step.
 
 - ``pp_activations``: a collective-permute along the pipeline axis every tick,
-  stage ``s`` to ``s + 1`` (the activations of the forward just run, zeros if none);
-- ``pp_cotangents``: a collective-permute every tick, ``s`` to ``s - 1``;
+  device ``s`` to ``s + 1`` (the activations of the forward just run, zeros if none),
+  and ``p - 1`` to 0 when interleaved chunks go round the devices;
+- ``pp_cotangents``: a collective-permute every tick, ``s`` to ``s - 1`` (and 0 to ``p - 1``);
 - ``pp_replicated_grads``: one all-reduce (sum) over the pipeline axis of the
   gradients of parameters every stage holds whole (embedding, head...), which
   only the first or last stage computes;
@@ -33,10 +34,11 @@ PP_COLLECTIVES = (
 """``(name, op, reduction, operand)`` of each collective a pipeline step performs."""
 
 
-def _pairs(operand: Operand, stages: int) -> tuple[tuple[int, int], ...]:
+def _pairs(operand: Operand, stages: int, wrap: bool) -> tuple[tuple[int, int], ...]:
+    # Interleaved chunks go round the devices: the last device's chunk c feeds device 0's chunk c + 1.
     if operand == Operand.STAGE_ACTIVATIONS:
-        return tuple((s, s + 1) for s in range(stages - 1))
-    return tuple((s, s - 1) for s in range(1, stages))
+        return tuple((s, s + 1) for s in range(stages - 1)) + (((stages - 1, 0),) if wrap else ())
+    return tuple((s, s - 1) for s in range(1, stages)) + (((0, stages - 1),) if wrap else ())
 
 
 @register_pass
@@ -64,7 +66,7 @@ class InsertPPCollectives(Pass):
                     operand=operand,
                     origin="lowering",
                     group_size=group,
-                    permutation=_pairs(operand, group) if per_tick else (),
+                    permutation=_pairs(operand, group, dim.virtual_stages > 1) if per_tick else (),
                     cadence=Cadence.TICK if per_tick else Cadence.STEP,
                     executions=schedule.ticks if per_tick and schedule is not None else 1,
                 )

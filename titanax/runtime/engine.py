@@ -30,6 +30,7 @@ from titanax.passes import DEFAULT_PASSES, CheckStageBalance, PassPipeline, Reso
 from titanax.runtime import distributed
 from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
+from titanax.runtime.layer_order import BlockOrder
 from titanax.runtime.loggers import Logger, host_scalars
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.state import TrainState
@@ -147,6 +148,13 @@ class Engine:
         """Bumped by each :meth:`create_state`, so compiled steps know when layouts changed."""
         self.mesh: jax.sharding.Mesh = make_jax_mesh(self.ir, mesh)
         """The JAX mesh the steps run on."""
+        pp = self.plan_ir.pipeline_parallel()
+        self.block_order: BlockOrder | None = None
+        """Under an interleaved pipeline, how the state stores the blocks (storage order, see
+        :mod:`titanax.runtime.layer_order`); ``None`` when it stores them in model order."""
+        if pp is not None and pp.virtual_stages > 1:
+            self.block_order = BlockOrder(pp.axes[0], self.mesh.shape[pp.axes[0]], pp.virtual_stages)
+        self._blocks_entry = pp.blocks if pp is not None else None
         self.host_step = 0
         """Training steps run through this engine, counted on the host (used to decide when to log);
         evaluation steps, which apply no gradients, are not counted. Restoring sets it."""
@@ -163,6 +171,14 @@ class Engine:
     def device_count(self) -> int:
         """Devices in the mesh."""
         return math.prod(self.mesh.shape.values())
+
+    def params_in_model_order(self, state: TrainState) -> Any:
+        """``state.params`` with the stacked blocks in model order (layer ``k`` at index ``k``).
+
+        Only an interleaved pipeline stores them otherwise; there the stack is exchanged over the
+        pipeline axis (``ppermute``), the layout of every array staying as it was.
+        """
+        return state.params if self.block_order is None else self.block_order.to_model(state.params)
 
     def describe(self) -> str:
         """The compiled plan IR as text."""
@@ -193,6 +209,12 @@ class Engine:
         # donation would then delete the caller's array. The explicit dtype drops JAX's
         # weak types, which step outputs never carry (a weak input would recompile).
         params = jax.tree.map(lambda x: jnp.array(x, dtype=self._master_dtype(jnp.asarray(x).dtype), copy=True), params)
+        if self.block_order is not None and isinstance(params, dict) and self._blocks_entry in params:
+            # Each device's shard must hold its interleaved chunks: reorder before placing, on the host.
+            params = {
+                **params,
+                self._blocks_entry: jax.tree.map(self.block_order.to_storage_host, params[self._blocks_entry]),
+            }
         specs = param_specs(self.ir, params)
         params = jax.tree.map(lambda x, spec: place_global(x, NamedSharding(self.mesh, spec)), params, specs)
         opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, specs)
@@ -247,6 +269,10 @@ class Engine:
         The first save makes this engine the directory's only writer (another run writing there is
         TX707). A state holding Inf or NaN values is not saved (TX712); a failure to write is TX706.
         """
+        if self.block_order is not None:  # checkpoints hold the blocks in model order, for any plan
+            state = state.replace(
+                params=self.block_order.to_model(state.params), opt_state=self.block_order.to_model(state.opt_state)
+            )
         self.checkpointer.save(
             state,
             host_step=self.host_step,
@@ -267,6 +293,12 @@ class Engine:
         (TX712); each leaves ``state`` and :attr:`host_step` untouched.
         """
         tree, meta = self.checkpointer.restore(state, step)
+        if self.block_order is not None:
+            tree = {
+                **tree,
+                "params": self.block_order.to_storage(tree["params"]),
+                "opt_state": self.block_order.to_storage(tree["opt_state"]),
+            }
         self.host_step = int(meta["host_step"])
         self.data_position = int(meta["data_position"])
         loss_scale = None

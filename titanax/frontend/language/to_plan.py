@@ -50,6 +50,8 @@ _EXAMPLES = {
     "sequence_parallel": "true",
     "blocks": "blocks",
     "balance_tolerance": "1.25",
+    "virtual_stages": "2",
+    "remat": "none",
     "loss_scale_init": "32768",
     "loss_scale_growth_interval": "2000",
 }
@@ -304,7 +306,14 @@ class _Builder:
     def pipeline(self, stmt: ast.PipelineStmt) -> PP | None:
         found, _, stage_items = self.settings(
             stmt.block,
-            {"schedule": "name", "microbatches": "int", "blocks": "name", "balance_tolerance": "number"},
+            {
+                "schedule": "name",
+                "microbatches": "int",
+                "blocks": "name",
+                "balance_tolerance": "number",
+                "virtual_stages": "int",
+                "remat": "name",
+            },
             "pipeline",
             stages=True,
         )
@@ -350,6 +359,8 @@ class _Builder:
                 stages=stages or None,
                 blocks=found["blocks"].value.name if "blocks" in found else None,
                 balance_tolerance=found["balance_tolerance"].value.value if "balance_tolerance" in found else 1.25,
+                virtual_stages=found["virtual_stages"].value.value if "virtual_stages" in found else 1,
+                remat=found["remat"].value.name if "remat" in found else "none",
                 location=header,
             ),
             header,
