@@ -5,8 +5,8 @@ Pure Python, no JAX: the ``build-schedule`` pass turns a table into IR nodes, th
 lowering reads one to drive the pipeline program.
 
 A tick is one iteration of the pipeline loop. In a tick each device runs at most
-one op of each kind, in this order: a backward (``B``), for schedules that split
-the backward a weight-gradient op (``W``), then a forward (``F``). Whatever a
+one op of each kind, in this order: a forward (``F``), a backward (``B``) and,
+for schedules that split the backward, a weight-gradient op (``W``). Whatever a
 forward or backward sends to a neighbour arrives at the end of the tick, so an
 op may only use what earlier ticks produced (a ``W`` may use its ``B`` of the
 same tick). With ``virtual_stages = v`` each
@@ -61,7 +61,7 @@ KIND_NAMES = {"F": "forward", "B": "backward", "W": "weight"}
 BUILT_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbh1")
 """Schedules Titanax builds from ``(p, m, v)``; a plan may also give its own table."""
 
-_SLOT_ORDER = {"B": 0, "W": 1, "F": 2}
+_SLOT_ORDER = {"F": 0, "B": 1, "W": 2}
 
 
 @dataclass(frozen=True, order=True)
@@ -209,7 +209,7 @@ class Schedule:
         )
 
     def timeline(self, recompute: float = 0.0) -> str:
-        """The table as text: one row per device; a cell lists its ops in the order they run (``B2+F5``), ``.`` when idle."""
+        """The table as text: one row per device; a cell lists its ops in the order they run (``F5+B2``), ``.`` when idle."""
         chunked = self.virtual_stages > 1
         texts = {key: "+".join(op.label(chunked) for op in ops) for key, ops in self._grid().items()}
         width = max([3, *(len(t) + 1 for t in texts.values())])

@@ -41,7 +41,7 @@ from titanax.lowering.residuals import ResidualLayout, StashShape, apply_remat, 
 from titanax.lowering.split_backward import SplitBackward, split_backward
 from titanax.lowering.step_plan import PipelinePlan
 
-__all__ = ["PipelineProgram", "sequential_loss"]
+__all__ = ["PipelineModelFns", "PipelineProgram", "sequential_loss", "stage_function", "stage_primals"]
 
 
 def sequential_loss(
@@ -59,8 +59,8 @@ def _zeros_like_aval(aval: Any, extra: frozenset[str] = frozenset()) -> jax.Arra
     return lax.pcast(zeros, axes, to="varying") if axes else zeros
 
 
-def _stage_function(kind: str, first: Callable, run_blocks: Callable, last: Callable, mb: Any) -> Callable:
-    """The function a stage of ``kind`` differentiates, over its primals (see :func:`_primals`)."""
+def stage_function(kind: str, first: Callable, run_blocks: Callable, last: Callable, mb: Any) -> Callable:
+    """The function a stage of ``kind`` differentiates, over its primals (see :func:`stage_primals`)."""
     if kind == "first":
         return lambda o, b: run_blocks(b, first(o, mb))
     if kind == "middle":
@@ -68,7 +68,7 @@ def _stage_function(kind: str, first: Callable, run_blocks: Callable, last: Call
     return lambda o, b, x: last(o, run_blocks(b, x), mb)
 
 
-def _primals(kind: str, others: Any, blocks: Any, x: Any) -> tuple[Any, ...]:
+def stage_primals(kind: str, others: Any, blocks: Any, x: Any) -> tuple[Any, ...]:
     """What a stage of ``kind`` differentiates with respect to: the first stage has no input
     activation, a middle stage uses no whole (non-block) parameter."""
     if kind == "first":
@@ -198,7 +198,7 @@ class PipelineModelFns:
 
 
 _COTANGENT_NAMES = {"first": ("o", "b"), "middle": ("b", "x"), "last": ("o", "b", "x")}
-"""What each entry of a stage's pullback result is the gradient of (see :func:`_primals`)."""
+"""What each entry of a stage's pullback result is the gradient of (see :func:`stage_primals`)."""
 
 
 class _ScheduleRun:
@@ -283,9 +283,9 @@ class _ScheduleRun:
         """Run chunk ``c``'s stage forward under ``jax.vjp``: (output, pullback, chunk blocks)."""
         b_c = self.chunk_of(b, c)
         fn = apply_remat(
-            _stage_function(kind, self.model.first, self.run_blocks, self.model.last, mb), self.program.plan.remat
+            stage_function(kind, self.model.first, self.run_blocks, self.model.last, mb), self.program.plan.remat
         )
-        out, pullback = jax.vjp(fn, *_primals(kind, o, b_c, x))
+        out, pullback = jax.vjp(fn, *stage_primals(kind, o, b_c, x))
         return out, pullback, b_c
 
     def seed_cotangent(self, c: int, kind: str) -> Any:
@@ -429,8 +429,13 @@ class _ScheduleRun:
         def tick(carry, row):
             acts, cots, stash, wstash, grads_o, grads_b, loss_sum = carry
             at = {name: row[name][stage] for name in row}
-            # The backward slot first (a stash slot it frees may take this tick's forward), then
-            # the weight slot (which may use what this tick's backward handed it), then the forward.
+            # The forward slot first, then the backward, then the weight slot: each later read of a
+            # stash then depends on the earlier write, so XLA updates the stash in place instead of
+            # copying it every tick (a slot a backward frees is taken from the next tick on).
+            rows = StashShape.read(stash, at["f_res"])
+            x_in = lax.dynamic_index_in_dim(acts, at["f_act"], keepdims=False)
+            y, rows, loss = lax.switch(at["f_branch"], forward_fns, o, b, x_in, self.microbatch(at["f_micro"]), rows)
+            stash = StashShape.write(stash, rows, at["f_res"])
             rows = StashShape.read(stash, at["b_res"])
             g_in = lax.dynamic_index_in_dim(cots, at["b_cot"], keepdims=False)
             mb = self.microbatch(at["b_micro"])
@@ -445,10 +450,6 @@ class _ScheduleRun:
                 )
             else:
                 d_x, grads_o, grads_b = lax.switch(at["b_branch"], backward_fns, o, b, g_in, mb, rows, grads_o, grads_b)
-            rows = StashShape.read(stash, at["f_res"])
-            x_in = lax.dynamic_index_in_dim(acts, at["f_act"], keepdims=False)
-            y, rows, loss = lax.switch(at["f_branch"], forward_fns, o, b, x_in, self.microbatch(at["f_micro"]), rows)
-            stash = StashShape.write(stash, rows, at["f_res"])
             # Both sends run every tick, outside the branches (a permute in a per-device branch deadlocks).
             acts = lax.dynamic_update_index_in_dim(acts, plan.activations(y), at["act_in"], 0)
             cots = lax.dynamic_update_index_in_dim(cots, plan.cotangents(d_x), at["cot_in"], 0)

@@ -13,8 +13,9 @@ schedule's live intervals need (a slot is reused once its value was last read):
 - ``wres``: what a split backward leaves for its ``W``.
 
 ``act`` and ``cot`` have one spare slot at the end, where whatever arrives for
-nobody is written. Within a tick the program runs the backward slot, then the
-weight slot, then the forward slot, then both sends.
+nobody is written. Within a tick the program runs the forward slot, then the
+backward slot, then the weight slot, then both sends; a ``res`` slot a backward
+frees is taken again from the next tick on.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class PipelineTables:
                     wres.setdefault(op.stage, []).append((key(op), op.tick, when[("W", ms, i)].tick))
         act_slots, act_slot = _assign(act, strict=False)
         cot_slots, cot_slot = _assign(cot, strict=False)
-        res_slots, res_slot = _assign(res, strict=False)
+        res_slots, res_slot = _assign(res, strict=True)
         wres_slots, wres_slot = _assign(wres, strict=True)
 
         def branches(kind: str) -> tuple[tuple[int, str], ...]:
