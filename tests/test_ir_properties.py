@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from titanax.frontend import DP, MeshSpec, Plan
-from titanax.ir import build_ir, print_ir
+from titanax.ir import build_ir, build_schedule, print_ir
 from titanax.passes import DEFAULT_PASSES, PassEvent, Target, compile_plan, verify_after_each
 
 NAMES = ("data", "model", "pipe", "replica", "expert")
@@ -186,7 +186,8 @@ def test_collective_groups_follow_the_mesh_in_every_plan(case):
             expected = forward if node.operand == "stage_activations" else [(t, s) for s, t in forward]
             assert sorted(node.permutation) == sorted(expected)
             assert node.cadence == Cadence.TICK
-            assert node.executions == 2 * (plan.pipeline_parallel.microbatches + p - 1)
+            pp = plan.pipeline_parallel
+            assert node.executions == build_schedule(pp.schedule, p, pp.microbatches, pp.virtual_stages).ticks
         else:
             assert (node.permutation, node.cadence, node.executions) == ((), Cadence.STEP, 1)
     kinds = {node.operand for node in ir.collectives()}

@@ -68,10 +68,10 @@ CASES = [
     ),
     (
         "TX216",
-        MESH + "pipeline over pipe { schedule = interleaved microbatches = 2 }",
+        MESH + "pipeline over pipe { schedule = pipedream microbatches = 2 }",
         2,
         1,
-        "unknown pipeline schedule 'interleaved'",
+        "unknown pipeline schedule 'pipedream'",
     ),
     ("TX217", MESH + "pipeline over pipe { schedule = gpipe microbatches = 0 }", 2, 1, "microbatches = 0"),
     (

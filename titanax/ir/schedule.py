@@ -112,8 +112,9 @@ class Schedule:
 
     @property
     def split_backward(self) -> bool:
-        """True when the backward is split into input-gradient (``B``) and weight-gradient (``W``) ops."""
-        return any(op.kind == "W" for op in self.ops)
+        """True when the backward is split into input-gradient (``B``) and weight-gradient (``W``) ops:
+        always under ``zbh1``, and in a table of another name when it has a ``W`` op."""
+        return self.name == "zbh1" or any(op.kind == "W" for op in self.ops)
 
     @property
     def model_stages(self) -> int:
