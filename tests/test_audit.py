@@ -11,7 +11,7 @@ from models import GPT, gpt_batches, init_mlp, make_batches, mlp_loss
 
 import titanax as tx
 from titanax import nn
-from titanax.ir import CollectiveNode
+from titanax.ir import CollectiveNode, build_schedule
 from titanax.lowering import audit_collectives, trace
 
 GPT_STACKED = {**GPT, "layers": 4}
@@ -58,11 +58,12 @@ def gpt_audit(shape, *, sequence_parallel=False, precision=None, optimizer=None,
     return gpt_step.audit(state, gpt_batches(1, 8)[0])
 
 
-def pipeline_audit(shape, schedule, *, sequence_parallel=False, precision=None):
+def pipeline_audit(shape, schedule, *, sequence_parallel=False, precision=None, virtual_stages=1, remat="none"):
+    pp = tx.PP(axis="pipe", microbatches=4, schedule=schedule, virtual_stages=virtual_stages, remat=remat)
     plan = tx.Plan(
         data_parallel=tx.DP(axis="data"),
         tensor_parallel=tx.TP(axis="model", rules=nn.GPT_TP_RULES, sequence_parallel=sequence_parallel),
-        pipeline_parallel=tx.PP(axis="pipe", microbatches=4, schedule=schedule),
+        pipeline_parallel=pp,
         precision=precision,
     )
     devices = shape[0] * shape[1] * shape[2]
@@ -139,24 +140,39 @@ def test_dp_x_tp_x_pp_1f1b_audit():
     assert permutes == {((0, 1),): ticks, ((1, 0),): ticks}
 
 
+@pytest.mark.parametrize(("schedule", "virtual"), [("zbh1", 1), ("interleaved", 2)], ids=["zbh1", "interleaved-v2"])
+def test_dp_x_tp_x_pp_new_schedules_audit(schedule, virtual):
+    audit = pipeline_audit((2, 2, 2), schedule, virtual_stages=virtual)
+    assert_ok(audit)
+    ticks = build_schedule(schedule, 2, 4, virtual).ticks
+    permutes = [(r.moves, r.executions) for r in audit.rows if r.op == "collective-permute"]
+    if virtual == 1:
+        assert sorted(permutes) == [(((0, 1),), ticks), (((1, 0),), ticks)]
+    else:  # chunks go round the devices: both permutes also wrap, so their pairs are the same ring
+        assert {executions for _, executions in permutes} == {ticks}
+        assert {pair for moves, _ in permutes for pair in moves} == {(0, 1), (1, 0)}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("shape", "schedule", "sequence_parallel", "precision"),
+    ("shape", "schedule", "sequence_parallel", "precision", "remat"),
     [
-        ((1, 1, 4), "gpipe", False, None),
-        ((1, 1, 4), "1f1b", False, None),
-        ((2, 2, 2), "gpipe", False, None),
-        ((2, 2, 2), "1f1b", True, None),
-        ((1, 2, 2), "1f1b", False, "float16"),
+        ((1, 1, 4), "gpipe", False, None, "none"),
+        ((1, 1, 4), "1f1b", False, None, "none"),
+        ((1, 1, 4), "zbh1", False, None, "none"),
+        ((1, 1, 4), "1f1b", False, None, "full"),
+        ((2, 2, 2), "gpipe", False, None, "none"),
+        ((2, 2, 2), "1f1b", True, None, "dots"),
+        ((1, 2, 2), "1f1b", False, "float16", "none"),
     ],
-    ids=["gpipe-pp4", "1f1b-pp4", "3d-gpipe", "3d-1f1b-sp", "tp2xpp2-float16"],
+    ids=["gpipe-pp4", "1f1b-pp4", "zbh1-pp4", "1f1b-pp4-remat-full", "3d-gpipe", "3d-1f1b-sp-dots", "tp2xpp2-float16"],
 )
-def test_pipeline_audits(shape, schedule, sequence_parallel, precision):
+def test_pipeline_audits(shape, schedule, sequence_parallel, precision, remat):
     policy = tx.Precision(compute=precision) if precision else None
-    audit = pipeline_audit(shape, schedule, sequence_parallel=sequence_parallel, precision=policy)
+    audit = pipeline_audit(shape, schedule, sequence_parallel=sequence_parallel, precision=policy, remat=remat)
     assert_ok(audit)
     p = shape[2]
-    ticks = 2 * (4 + p - 1)
+    ticks = build_schedule(schedule, p, 4).ticks
     forward = tuple((s, s + 1) for s in range(p - 1))
     assert {r.moves: r.executions for r in audit.rows if r.op == "collective-permute"} == {
         forward: ticks,

@@ -14,6 +14,8 @@ from models import max_relative_error
 from test_pp_numerics import REFERENCE, mlp_batches, mlp_params, run, sgd_reference
 
 import titanax as tx
+from titanax.ir import Op, Schedule, build_schedule, schedule_from_ir
+from titanax.passes import Target
 
 SCHEDULES = [("gpipe", 1), ("1f1b", 1), ("interleaved", 2), ("zbh1", 1)]
 
@@ -63,3 +65,76 @@ def test_every_schedule_gives_the_same_parameters():
         results[schedule] = jax.device_get(state.engine.params_in_model_order(state))
     for schedule, got in results.items():
         assert max_relative_error(got, results["gpipe"]) < 1e-6, schedule
+
+
+# -- schedules users write ---------------------------------------------------------------------
+def user_table(path, p, m):
+    """A valid table no builder makes: lockstep 1F1B with every backward of device 0 one tick later."""
+    table = build_schedule("1f1b", p, m)
+    late = tuple(Op(o.tick + (o.kind == "B" and o.stage == 0), o.stage, o.kind, o.microbatch) for o in table.ops)
+    path.write_text(Schedule("user", p, m, tuple(sorted(late))).timeline())
+    return str(path)
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_a_user_table_runs_and_matches_the_reference(tmp_path, remat):
+    p, m = 2, 5
+    batches = mlp_batches(2, 2 * m)
+    params = mlp_params(4)
+    pp = tx.PP(axis="pipe", microbatches=m, table=user_table(tmp_path / "late.sched", p, m), remat=remat)
+    assert pp.schedule == "user"
+    losses, got, _ = run(tx.Plan(pipeline_parallel=pp), tx.MeshSpec(devices=p, axes=("pipe",)), params, batches)
+    ref_losses, ref_params = sgd_reference(REFERENCE, params, batches)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert max_relative_error(got, ref_params) < 1e-5
+
+
+def test_a_zero_bubble_table_written_out_runs_as_a_user_table(tmp_path):
+    table = tmp_path / "zb.sched"
+    table.write_text(build_schedule("zbh1", 2, 4).timeline())
+    text = f'mesh {{ devices = 2, pipe = 2 }}\npipeline over pipe {{ microbatches = 4 table = "{table}" }}\n'
+    loaded = tx.load_plan(text=text)
+    schedule = schedule_from_ir(loaded.compile(target=Target(device_count=2)))
+    assert schedule.split_backward and schedule.ops == build_schedule("zbh1", 2, 4).ops
+    batches, params = mlp_batches(1, 8), mlp_params(4)
+    _, got, _ = run(loaded.plan, loaded.mesh, params, batches)
+    assert max_relative_error(got, sgd_reference(REFERENCE, params, batches)[1]) < 1e-5
+
+
+def table_errors(tmp_path, rows, microbatches=2):
+    (tmp_path / "t.sched").write_text(rows)
+    plan = tmp_path / "p.tx"
+    plan.write_text(f'mesh {{ pipe = 2 }}\npipeline over pipe {{ microbatches = {microbatches} table = "t.sched" }}\n')
+    with pytest.raises(tx.TitanaxError) as info:
+        tx.load_plan(plan).compile(target=Target(device_count=2))
+    return info.value.diagnostics
+
+
+def test_a_wrong_table_names_the_cells(tmp_path):
+    # B0 on device 0 at tick 2 comes before B0 on device 1 (tick 3); F1 and B1 on device 1 never run.
+    found = table_errors(tmp_path, "0 | F0 F1 B0 B1\n1 | .  F0 .  B0\n")
+    assert {d.code for d in found} == {"TX237"}
+    (early,) = [d for d in found if "runs before" in d.message]
+    assert "B(0, mb 0) at tick 2 runs before B(1, mb 0) at tick 3" in early.message
+    assert (early.location.line, early.location.column) == (1, 11) and early.location.path.endswith("t.sched")
+    missing = [d for d in found if "never runs" in d.message]
+    assert {d.message.split(": ")[1] for d in missing} == {"F(1, mb 1) never runs", "B(1, mb 1) never runs"}
+    assert all(d.location.path.endswith("p.tx") for d in missing)  # no cell to point at: the pipeline statement
+
+
+def test_malformed_tables_are_located(tmp_path):
+    (d,) = table_errors(tmp_path, "0 | F0 X1\n1 | . F0\n")
+    assert d.code == "TX236" and (d.location.line, d.location.column) == (1, 8)
+    (d,) = table_errors(tmp_path, "0 | F0 F0+F1\n1 | . F0\n")
+    assert d.code == "TX236" and "two F ops" in d.message
+    (d,) = table_errors(tmp_path, "0 | F0\n0 | F1\n")
+    assert d.code == "TX236" and "second row" in d.message
+    (d,) = table_errors(tmp_path, "0 | F0 F1 . B0 B1\n1 | . F0 B0+F1 B1\n2 | F0\n")
+    assert d.code == "TX237" and "row for device 2" in d.message
+    (d,) = table_errors(tmp_path, "0 | F0 F1 . B0 B1 F2\n1 | . F0 B0+F1 B1\n")
+    assert d.code == "TX237" and "outside the table" in d.message
+
+
+def test_a_table_and_a_built_schedule_cannot_both_be_named():
+    with pytest.raises(tx.PlanError, match="TX204.*both say which schedule runs"):
+        tx.PP(axis="pipe", microbatches=4, schedule="gpipe", table="t.sched")

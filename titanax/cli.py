@@ -234,10 +234,13 @@ def _write_schedule(loaded: LoadedPlan, ir: PlanIR, args: argparse.Namespace) ->
             f"{loaded.path} has no pipeline schedule to show",
             "add a pipeline statement, and run the default passes (build-schedule makes the table)",
         )
+    # A backward that reruns its forward costs one forward more in the cost model.
+    dim = ir.pipeline_parallel()
+    recompute = 1.0 if dim is not None and dim.remat == "full" else 0.0
     if args.schedule:
-        sys.stdout.write(schedule.timeline())
+        sys.stdout.write(schedule.timeline(recompute))
     if args.schedule_svg:
-        _write_text(args.schedule_svg, schedule.svg(), "the schedule picture")
+        _write_text(args.schedule_svg, schedule.svg(recompute), "the schedule picture")
         print(f"wrote {args.schedule_svg}", file=sys.stderr)
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,9 +12,10 @@ from titanax.frontend.bounds import MAX_BALANCE_TOLERANCE, shown
 
 __all__ = ["REMAT_POLICIES", "SCHEDULES", "LayerRange", "PP", "Stage", "parse_layer"]
 
-SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbh1")
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbh1", "user")
 """Pipeline schedules: all forwards then all backwards; one-forward-one-backward; 1F1B over
-``virtual_stages`` chunks per device; zero bubble H1 (the backward split into input and weight gradients)."""
+``virtual_stages`` chunks per device; zero bubble H1 (the backward split into input and weight
+gradients); or a table the user wrote (``table=...``)."""
 
 REMAT_POLICIES = ("none", "dots", "full")
 """What a stage's forward keeps for its backward: every residual (``none``: no forward runs
@@ -122,6 +124,10 @@ class PP:
     """Chunks of blocks per device under ``schedule="interleaved"`` (at least 2 there, 1 otherwise)."""
     remat: str = "none"
     """One of :data:`REMAT_POLICIES`: what each forward keeps for its backward."""
+    table: str | None = None
+    """Path of a schedule table the plan runs instead of a built schedule (its ``schedule`` is
+    then ``"user"``); the format is what ``titanax compile --schedule`` prints (see
+    :mod:`titanax.frontend.schedule_table`)."""
     location: Location | None = field(default=None, compare=False, repr=False)
     """Where the dimension was declared, when it came from a ``.tx`` file."""
 
@@ -134,6 +140,19 @@ class PP:
             raise PlanError.single(
                 "TX204", f"PP(remat={self.remat!r}) must be a string", f"use one of {REMAT_POLICIES}"
             )
+        if self.table is not None:
+            if not isinstance(self.table, (str, os.PathLike)):
+                raise PlanError.single(
+                    "TX204", f"PP(table={self.table!r}) must be the path of a schedule table", 'write table="my.sched"'
+                )
+            object.__setattr__(self, "table", os.fspath(self.table))
+            if self.schedule not in ("1f1b", "user"):
+                raise PlanError.single(
+                    "TX204",
+                    f"PP(schedule={self.schedule!r}) and PP(table=...) both say which schedule runs",
+                    "drop schedule=...: a plan with a table runs it (its schedule is 'user')",
+                )
+            object.__setattr__(self, "schedule", "user")
         if not isinstance(self.axis, str):
             raise PlanError.single(
                 "TX204", f"PP(axis={self.axis!r}) must be one axis name", 'write PP(axis="pipe", ...)'

@@ -102,6 +102,7 @@ def _build_pipeline(ir: PlanIR, pp: PP) -> None:
         balance_tolerance=float(pp.balance_tolerance),
         virtual_stages=pp.virtual_stages,
         remat=pp.remat,
+        table=pp.table,
         location=pp.location,
     )
     _add(ir, "pp", dim)

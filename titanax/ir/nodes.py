@@ -200,7 +200,7 @@ class PipelineParallelNode(Node):
     axes: tuple[str, ...]
     microbatches: int
     schedule: str
-    """``gpipe``, ``1f1b``, ``interleaved`` or ``zbh1``."""
+    """``gpipe``, ``1f1b``, ``interleaved``, ``zbh1`` or ``user`` (a table the plan names)."""
     blocks: str = "blocks"
     """Parameter entry holding the stacked blocks, split evenly over the pipeline axis."""
     balance_tolerance: float = 1.25
@@ -210,6 +210,8 @@ class PipelineParallelNode(Node):
     remat: str = "none"
     """What a forward keeps for its backward: ``none`` (every residual), ``dots`` (matmul outputs) or
     ``full`` (only the stage input; the backward reruns the forward)."""
+    table: str | None = None
+    """Path of the schedule table the user wrote (schedule ``user``), read by ``build-schedule``."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:

@@ -51,6 +51,7 @@ __all__ = [
     "Schedule",
     "build_schedule",
     "closed_form_modelled_time",
+    "schedule_findings",
     "schedule_from_ir",
     "schedule_problems",
 ]
@@ -59,7 +60,7 @@ KIND_NAMES = {"F": "forward", "B": "backward", "W": "weight"}
 """The IR's name (``schedule_op.op``) of each kind of op."""
 
 BUILT_SCHEDULES = ("gpipe", "1f1b", "interleaved", "zbh1")
-"""Schedules Titanax builds from ``(p, m, v)``; a plan may also give its own table."""
+"""Schedules Titanax builds from ``(p, m, v)``; a plan may also give its own table (schedule ``user``)."""
 
 _SLOT_ORDER = {"F": 0, "B": 1, "W": 2}
 
@@ -400,32 +401,38 @@ def _describe(key: tuple[str, int, int], p: int, v: int) -> str:
     return f"{kind}({ms % p}, chunk {ms // p}, mb {i})"
 
 
-def schedule_problems(schedule: Schedule, known: Iterable[str] = BUILT_SCHEDULES) -> list[str]:
-    """Every way ``schedule`` breaks the pipeline's rules; empty when it is valid.
+def schedule_findings(
+    schedule: Schedule, known: Iterable[str] = BUILT_SCHEDULES
+) -> list[tuple[str, tuple[str, int, int] | None]]:
+    """Every way ``schedule`` breaks the pipeline's rules, each with the ``(kind, model stage,
+    microbatch)`` of the op at fault (``None`` when no one op is); empty when it is valid.
 
     Every forward and backward (and every ``W`` when the backward is split) of every
     microbatch on every model stage exactly once; at most one op of each kind per device and
     tick; ``F(s, i)`` after ``F(s - 1, i)``; ``B(s, i)`` after ``F(s, i)`` and ``B(s + 1, i)``;
     ``W(s, i)`` after ``B(s, i)``; each in an earlier tick (what an op sends arrives at the end of
-    its tick), except that a ``W`` may share its ``B``'s tick; and a built schedule within its in-flight bound on every device.
+    its tick), except that a ``W`` may share its ``B``'s tick; and a built schedule within its
+    in-flight bound on every device.
     """
     p, m, v = schedule.stages, schedule.microbatches, schedule.virtual_stages
     n = p * v
-    problems: list[str] = []
+    found: list[tuple[str, tuple[str, int, int] | None]] = []
     when: dict[tuple[str, int, int], int] = {}
     slots: set[tuple[int, int, str]] = set()
     for op in schedule.ops:
-        if op.kind not in KIND_NAMES or not (0 <= op.stage < p) or not (0 <= op.microbatch < m):
-            problems.append(f"{op} is outside the table")
-            continue
-        if not 0 <= op.chunk < v or op.tick < 0:
-            problems.append(f"{op} is outside the table")
+        in_range = op.kind in KIND_NAMES and 0 <= op.stage < p and 0 <= op.microbatch < m
+        if not in_range or not 0 <= op.chunk < v or op.tick < 0:
+            where = f"device {op.stage}, microbatch {op.microbatch}, chunk {op.chunk}"
+            found.append(
+                (f"{op.kind}{op.microbatch} at tick {op.tick} is outside the table ({where}; the plan has {p} devices, "
+                 f"{m} microbatches, {v} chunks per device)", None)
+            )  # fmt: skip
             continue
         key = (op.kind, op.model_stage(p), op.microbatch)
         if key in when:
-            problems.append(f"{_describe(key, p, v)} runs twice (ticks {when[key]} and {op.tick})")
+            found.append((f"{_describe(key, p, v)} runs twice (ticks {when[key]} and {op.tick})", key))
         if (op.tick, op.stage, op.kind) in slots:
-            problems.append(f"stage {op.stage} runs two {KIND_NAMES[op.kind]} ops at tick {op.tick}")
+            found.append((f"stage {op.stage} runs two {KIND_NAMES[op.kind]} ops at tick {op.tick}", key))
         when[key] = op.tick
         slots.add((op.tick, op.stage, op.kind))
     kinds = ("F", "B", "W") if schedule.split_backward else ("F", "B")
@@ -433,7 +440,7 @@ def schedule_problems(schedule: Schedule, known: Iterable[str] = BUILT_SCHEDULES
         for i in range(m):
             for kind in kinds:
                 if (kind, ms, i) not in when:
-                    problems.append(f"{_describe((kind, ms, i), p, v)} never runs")
+                    found.append((f"{_describe((kind, ms, i), p, v)} never runs", None))
     for key, tick in sorted(when.items(), key=lambda item: item[1]):
         kind, ms, i = key
         before = []
@@ -449,16 +456,26 @@ def schedule_problems(schedule: Schedule, known: Iterable[str] = BUILT_SCHEDULES
             # A W may share its B's tick: within a tick the weight slot runs after the backward slot.
             same_tick_ok = kind == "W"
             if dep in when and (when[dep] > tick or (when[dep] == tick and not same_tick_ok)):
-                problems.append(
-                    f"{_describe(key, p, v)} at tick {tick} runs before {_describe(dep, p, v)} at tick {when[dep]}"
+                found.append(
+                    (
+                        f"{_describe(key, p, v)} at tick {tick} runs before {_describe(dep, p, v)} at tick {when[dep]}",
+                        key,
+                    )
                 )
     if schedule.name in known:
         for s in range(p):
             bound = schedule.in_flight_bound(s)
             peak = schedule.in_flight(s)
             if bound is not None and peak > bound:
-                problems.append(f"stage {s} has {peak} microbatches in flight; {schedule.name} allows at most {bound}")
-    return problems
+                found.append(
+                    (f"stage {s} has {peak} microbatches in flight; {schedule.name} allows at most {bound}", None)
+                )
+    return found
+
+
+def schedule_problems(schedule: Schedule, known: Iterable[str] = BUILT_SCHEDULES) -> list[str]:
+    """The messages of :func:`schedule_findings`."""
+    return [message for message, _ in schedule_findings(schedule, known)]
 
 
 _KIND_OF_NAME = {name: kind for kind, name in KIND_NAMES.items()}

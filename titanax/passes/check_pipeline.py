@@ -68,8 +68,23 @@ class CheckPipeline(Pass):
                     suggest(dim.remat, list(REMAT_POLICIES), "remat policies"),
                     dim.location,
                 )
+            if dim.schedule == "user" and dim.table is None:
+                ctx.error(
+                    "TX216",
+                    "schedule user runs a table the plan names, and this plan names none",
+                    'add table = "my.sched" (the format titanax compile --schedule prints), or pick a built schedule',
+                    dim.location,
+                )
             interleaved = dim.schedule == "interleaved"
-            if (interleaved and not 2 <= dim.virtual_stages <= 64) or (not interleaved and dim.virtual_stages != 1):
+            if dim.schedule == "user":
+                if not 1 <= dim.virtual_stages <= 64:
+                    ctx.error(
+                        "TX235",
+                        f"virtual_stages = {shown(dim.virtual_stages)}: a table may use 1 to 64 chunks per device",
+                        "write virtual_stages = the number of chunks the table's cells use (F3.1 is chunk 1)",
+                        dim.location,
+                    )
+            elif (interleaved and not 2 <= dim.virtual_stages <= 64) or (not interleaved and dim.virtual_stages != 1):
                 ctx.error(
                     "TX235",
                     f"virtual_stages = {shown(dim.virtual_stages)} with schedule {dim.schedule}: "

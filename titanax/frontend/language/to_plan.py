@@ -10,6 +10,7 @@ which see the source locations copied onto the objects built here.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ _EXAMPLES = {
     "balance_tolerance": "1.25",
     "virtual_stages": "2",
     "remat": "none",
+    "table": '"my.sched"',
     "loss_scale_init": "32768",
     "loss_scale_growth_interval": "2000",
 }
@@ -79,6 +81,12 @@ class _Builder:
     # -- helpers ----------------------------------------------------------
     def loc(self, span: ast.Span | None) -> Location | None:
         return None if span is None else self.source.location(span.line, span.column, span.length)
+
+    def relative_path(self, text: str) -> str:
+        """``text`` as a path: relative ones are relative to the plan file's folder (or the current one)."""
+        if os.path.isabs(text) or not os.path.isfile(self.source.path):
+            return text
+        return os.path.join(os.path.dirname(self.source.path), text)
 
     def error(self, code: str, message: str, hint: str, span: ast.Span | None) -> None:
         self.errors.append(Diagnostic(code=code, message=message, hint=hint, location=self.loc(span)))
@@ -156,9 +164,16 @@ class _Builder:
             "number": isinstance(value, (ast.IntValue, ast.FloatValue)),
             "name": isinstance(value, ast.NameValue),
             "bool": isinstance(value, ast.NameValue) and value.name in ("true", "false"),
+            "string": isinstance(value, ast.StringValue),
         }[kind]
         if not ok:
-            expected = {"int": "an integer", "number": "a number", "name": "a name", "bool": "true or false"}[kind]
+            expected = {
+                "int": "an integer",
+                "number": "a number",
+                "name": "a name",
+                "bool": "true or false",
+                "string": 'a "quoted" path',
+            }[kind]
             self.error(
                 "TX609",
                 f"{what} setting '{item.key}' must be {expected}",
@@ -313,6 +328,7 @@ class _Builder:
                 "balance_tolerance": "number",
                 "virtual_stages": "int",
                 "remat": "name",
+                "table": "string",
             },
             "pipeline",
             stages=True,
@@ -361,6 +377,7 @@ class _Builder:
                 balance_tolerance=found["balance_tolerance"].value.value if "balance_tolerance" in found else 1.25,
                 virtual_stages=found["virtual_stages"].value.value if "virtual_stages" in found else 1,
                 remat=found["remat"].value.name if "remat" in found else "none",
+                table=self.relative_path(found["table"].value.text) if "table" in found else None,
                 location=header,
             ),
             header,
