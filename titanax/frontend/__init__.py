@@ -6,6 +6,7 @@ devices?) are checked later, by passes over the plan IR, so that every problem
 is reported at once. Nothing here imports JAX.
 """
 
+from titanax.frontend.activations import Activations
 from titanax.frontend.mesh_spec import MeshSpec
 from titanax.frontend.pipeline import PP, REMAT_POLICIES, SCHEDULES, LayerRange, Stage, parse_layer
 from titanax.frontend.plan import DP, Plan
@@ -14,6 +15,7 @@ from titanax.frontend.tensor_parallel import ROLES, TP, Rule
 
 __all__ = [
     "DP",
+    "Activations",
     "DTYPES",
     "PP",
     "ROLES",

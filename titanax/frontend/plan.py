@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from titanax.errors import Location, PlanError
+from titanax.frontend.activations import Activations
 from titanax.frontend.axes import axes_tuple
 from titanax.frontend.bounds import MAX_MICROBATCHES, shown
 from titanax.frontend.pipeline import PP
@@ -72,6 +73,8 @@ class Plan:
     """Pipeline parallelism, or ``None`` to run the whole model on every device."""
     precision: Precision | None = None
     """Mixed-precision policy, or ``None`` to compute in the parameters' own dtype."""
+    activations: Activations | None = None
+    """What the stacked blocks keep for their backward (a remat policy), or ``None`` to keep everything."""
 
     def __post_init__(self) -> None:
         expected = (
@@ -79,6 +82,7 @@ class Plan:
             ("tensor_parallel", TP, 'tx.TP(axis="model", rules={...})'),
             ("pipeline_parallel", PP, 'tx.PP(axis="pipe", microbatches=8)'),
             ("precision", Precision, 'tx.Precision(compute="bfloat16")'),
+            ("activations", Activations, 'tx.Activations(remat="dots")'),
         )
         for name, cls, example in expected:
             value = getattr(self, name)
@@ -88,3 +92,10 @@ class Plan:
                     f"Plan({name}=...) must be a tx.{cls.__name__}, got {type(value).__name__}",
                     f"write tx.Plan({name}={example})",
                 )
+        pp, policy = self.pipeline_parallel, self.activations
+        if pp is not None and policy is not None and pp.remat != "none" and pp.remat != policy.remat:
+            raise PlanError.single(
+                "TX204",
+                f"the plan's activations say remat = {policy.remat} but its pipeline says remat = {pp.remat}",
+                "give the policy once: in tx.Activations, or in tx.PP(remat=...)",
+            )

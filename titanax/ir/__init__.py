@@ -10,6 +10,7 @@ from titanax.ir.graph import PlanIR
 from titanax.ir.nodes import (
     COLLECTIVE_OPS,
     REDUCTIONS,
+    ActivationsNode,
     AxisNode,
     Cadence,
     CollectiveNode,
@@ -57,6 +58,7 @@ __all__ = [
     "ParamNode",
     "PipelineParallelNode",
     "PlanIR",
+    "ActivationsNode",
     "PrecisionNode",
     "ScheduleOpNode",
     "ShardRuleNode",

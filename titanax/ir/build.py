@@ -13,6 +13,7 @@ from __future__ import annotations
 from titanax.frontend import DP, PP, TP, MeshSpec, Plan, Precision
 from titanax.ir.graph import PlanIR
 from titanax.ir.nodes import (
+    ActivationsNode,
     AxisNode,
     CollectiveNode,
     DataParallelNode,
@@ -142,6 +143,8 @@ def build_ir(mesh: MeshSpec, plan: Plan) -> PlanIR:
         _build_pipeline(ir, plan.pipeline_parallel)
     if plan.precision is not None:
         _build_precision(ir, plan.precision)
+    if plan.activations is not None:
+        ir.add("activations", ActivationsNode(remat=plan.activations.remat, location=plan.activations.location))
     # Parameters no rule matches are replicated; this lowest-precedence rule says so explicitly.
     _add(ir, "rule.default", ShardRuleNode(pattern="**", role="replicated"))
     return ir

@@ -23,6 +23,7 @@ from typing import TypeVar
 import networkx as nx
 
 from titanax.ir.nodes import (
+    ActivationsNode,
     AxisNode,
     CollectiveNode,
     DataParallelNode,
@@ -252,6 +253,17 @@ class PlanIR:
     def pipeline_parallel(self) -> PipelineParallelNode | None:
         """The pipeline-parallel dimension, if the plan has one."""
         return next((node for _, node in self.items(PipelineParallelNode)), None)
+
+    def activations(self) -> ActivationsNode | None:
+        """The activation policy of the stacked blocks, if the plan has one."""
+        return next((node for _, node in self.items(ActivationsNode)), None)
+
+    def remat(self) -> str:
+        """The remat policy the stacked blocks run under: the pipeline's when it names one, else the plan's."""
+        pp, policy = self.pipeline_parallel(), self.activations()
+        if pp is not None and pp.remat != "none":
+            return pp.remat
+        return policy.remat if policy is not None else "none"
 
     def precision(self) -> PrecisionNode | None:
         """The mixed-precision policy, if the plan has one."""

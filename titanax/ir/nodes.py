@@ -91,6 +91,7 @@ class NodeKind(StrEnum):
     AXIS = "axis"
     PARALLEL_DIM = "parallel_dim"
     PRECISION = "precision"
+    ACTIVATIONS = "activations"
     SHARD_RULE = "shard_rule"
     PARAM = "param"
     STAGE = "stage"
@@ -217,6 +218,17 @@ class PipelineParallelNode(Node):
     def axis_names(self) -> tuple[str, ...]:
         """The node's ``axes``."""
         return self.axes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActivationsNode(Node):
+    """The activation policy of the stacked blocks: what their forward keeps for the backward."""
+
+    kind = NodeKind.ACTIVATIONS
+    type_name = "activations"
+    remat: str
+    """``none``, ``dots`` or ``full`` (see ``parallel_dim.pipeline``'s ``remat``, which it supplies
+    when the pipeline names none)."""
 
 
 @dataclass(frozen=True, kw_only=True)

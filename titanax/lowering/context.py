@@ -116,6 +116,7 @@ class StepContext:
         pipeline: Any = None,
         loss_scale: Any = None,
         microbatch: Any = None,
+        remat: str = "none",
     ):
         self._state = state
         self._update = update
@@ -136,6 +137,8 @@ class StepContext:
         """Every mesh axis name, for checking the axes ``tx.collectives`` are given."""
         self.pipeline = pipeline
         """The plan's :class:`~titanax.lowering.pipeline.PipelineProgram`, or ``None`` without PP."""
+        self.remat = remat
+        """The remat policy of the stacked blocks (``none``, ``dots`` or ``full``), from the IR."""
         self.grads: Any = None
         self.overflow: Any = None
         """Under float16 loss scaling, whether the applied gradients overflowed (a traced bool)."""

@@ -369,6 +369,7 @@ class CompiledStep:
             pipeline=self.pipeline,
             loss_scale=loss_scale.scale if loss_scale is not None else None,
             microbatch=microbatch,
+            remat=plan.remat,
         )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:

@@ -73,6 +73,8 @@ class StepPlan:
     nonfinite_count: tuple[IRCollective, ...]
     state_guard: tuple[IRCollective, ...] = ()
     """Sums the non-finite-state flag over the axes that split the state (``nonfinite="skip"``)."""
+    remat: str = "none"
+    """The remat policy of the stacked blocks: the pipeline's, else the plan's activations policy."""
 
     @classmethod
     def from_ir(cls, ir: PlanIR) -> StepPlan:
@@ -86,7 +88,7 @@ class StepPlan:
                 schedule=schedule_from_ir(ir),
                 blocks=pp.blocks,
                 balance_tolerance=pp.balance_tolerance,
-                remat=pp.remat,
+                remat=ir.remat(),
                 activations=_one(ir, Operand.STAGE_ACTIVATIONS),
                 cotangents=_one(ir, Operand.STAGE_COTANGENTS),
                 replicated_gradients=_one(ir, Operand.REPLICATED_GRADIENTS),
@@ -109,4 +111,5 @@ class StepPlan:
             metric_reduce=_lowering_collectives(ir, Operand.METRICS),
             nonfinite_count=_lowering_collectives(ir, Operand.NONFINITE_COUNT),
             state_guard=_lowering_collectives(ir, Operand.STATE_NONFINITE),
+            remat=ir.remat(),
         )

@@ -9,7 +9,7 @@ dimension:
 - ``last(params, x, microbatch) -> loss``: the head and the mean loss of the microbatch.
 
 Inside a ``@tx.step_fn`` whose plan has pipeline parallelism,
-:func:`value_and_grad` runs the plan's GPipe or 1F1B schedule: the blocks split
+:func:`value_and_grad` runs the plan's pipeline schedule: the blocks split
 evenly over the stages, the first stage also runs ``first``, the last also
 runs ``last``. Without pipeline parallelism it is plain ``jax.value_and_grad``
 of the sequential model, so one training step serves every plan; with tensor
@@ -36,6 +36,7 @@ from typing import Any
 from titanax.errors import StepFnError
 from titanax.lowering import active_step_context
 from titanax.lowering.pipeline import sequential_loss
+from titanax.lowering.residuals import apply_remat
 from titanax.runtime.grad import value_and_grad as scaled_value_and_grad
 
 __all__ = ["PipelineModel", "value_and_grad"]
@@ -71,9 +72,11 @@ def value_and_grad(model: PipelineModel, params: dict[str, Any], batch: Any) -> 
     ctx = active_step_context()
     program = ctx.pipeline if ctx is not None else None
     if program is None:
-        return scaled_value_and_grad(
-            lambda p: sequential_loss(model.first, model.block, model.last, model.blocks, p, batch)
-        )(params)
+        # Without a pipeline, each block runs under the plan's remat policy (jax.checkpoint).
+        block = apply_remat(model.block, ctx.remat if ctx is not None else "none")
+        return scaled_value_and_grad(lambda p: sequential_loss(model.first, block, model.last, model.blocks, p, batch))(
+            params
+        )
     if program.blocks != model.blocks:
         raise StepFnError.single(
             "TX508",

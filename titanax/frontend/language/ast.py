@@ -17,6 +17,7 @@ __all__ = [
     "Item",
     "LayerRef",
     "MeshStmt",
+    "ActivationsStmt",
     "ModelStmt",
     "NameValue",
     "PipelineStmt",
@@ -208,6 +209,14 @@ class PrecisionStmt:
 
 
 @dataclass(frozen=True)
+class ActivationsStmt:
+    """``activations { remat = none | dots | full }``: what the stacked blocks keep for the backward."""
+
+    block: Block
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
 class ModelStmt:
     """``model "package.module:function"``: named, never imported by the parser."""
 
@@ -215,7 +224,9 @@ class ModelStmt:
     span: Span = _span()
 
 
-Statement = MeshStmt | DataParallelStmt | TensorParallelStmt | PipelineStmt | PrecisionStmt | ModelStmt
+Statement = (
+    MeshStmt | DataParallelStmt | TensorParallelStmt | PipelineStmt | PrecisionStmt | ActivationsStmt | ModelStmt
+)
 
 
 @dataclass(frozen=True)

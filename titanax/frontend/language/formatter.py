@@ -72,6 +72,8 @@ def _head(stmt: ast.Statement) -> str:
         return "mesh"
     if isinstance(stmt, ast.PrecisionStmt):
         return "precision"
+    if isinstance(stmt, ast.ActivationsStmt):
+        return "activations"
     if isinstance(stmt, ast.ModelStmt):
         return f'model "{stmt.entry}"'
     word = {ast.DataParallelStmt: "data_parallel", ast.TensorParallelStmt: "tensor_parallel"}.get(

@@ -24,7 +24,17 @@ from titanax.frontend.language.source import SourceFile
 
 __all__ = ["Comment", "ParsedPlan", "grammar_text", "parse"]
 
-_KEYWORDS = ("mesh", "data_parallel", "tensor_parallel", "pipeline", "precision", "model", "over", "stage")
+_KEYWORDS = (
+    "mesh",
+    "data_parallel",
+    "tensor_parallel",
+    "pipeline",
+    "precision",
+    "activations",
+    "model",
+    "over",
+    "stage",
+)
 _PUNCTUATION = {
     "LBRACE": "{",
     "RBRACE": "}",
@@ -156,6 +166,10 @@ class _ToAST(Transformer):
     def precision_stmt(self, meta, children):
         (block,) = _content(children)
         return ast.PrecisionStmt(block, _meta_span(meta))
+
+    def activations_stmt(self, meta, children):
+        (block,) = _content(children)
+        return ast.ActivationsStmt(block, _meta_span(meta))
 
     def model_stmt(self, meta, children):
         (entry,) = _content(children)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from titanax.errors import Diagnostic, Location, TitanaxError
+from titanax.frontend.activations import Activations
 from titanax.frontend.bounds import MAX_DEVICES, shown
 from titanax.frontend.language import ast
 from titanax.frontend.language.parser import ParsedPlan
@@ -36,6 +37,7 @@ _STATEMENT_WORDS = {
     ast.TensorParallelStmt: "tensor_parallel",
     ast.PipelineStmt: "pipeline",
     ast.PrecisionStmt: "precision",
+    ast.ActivationsStmt: "activations",
     ast.ModelStmt: "model",
 }
 
@@ -398,6 +400,11 @@ class _Builder:
         }
         return self.construct(lambda: Precision(location=self.loc(stmt.span), **kwargs), self.loc(stmt.span))
 
+    def activations(self, stmt: ast.ActivationsStmt) -> Activations | None:
+        found, _, _ = self.settings(stmt.block, {"remat": "name"}, "activations")
+        remat = found["remat"].value.name if "remat" in found else "none"
+        return self.construct(lambda: Activations(remat=remat, location=self.loc(stmt.span)), self.loc(stmt.span))
+
     # -- the file -----------------------------------------------------------
     def build(self, tree: ast.PlanFile) -> PlanFileContents:
         first: dict[type, Any] = {}
@@ -429,6 +436,7 @@ class _Builder:
             else None,
             "pipeline_parallel": self.pipeline(first[ast.PipelineStmt]) if ast.PipelineStmt in first else None,
             "precision": self.precision(first[ast.PrecisionStmt]) if ast.PrecisionStmt in first else None,
+            "activations": self.activations(first[ast.ActivationsStmt]) if ast.ActivationsStmt in first else None,
         }
         model_stmt = first.get(ast.ModelStmt)
         if model_stmt is not None and not _ENTRY_POINT.fullmatch(model_stmt.entry):
