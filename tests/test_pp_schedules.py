@@ -138,3 +138,48 @@ def test_malformed_tables_are_located(tmp_path):
 def test_a_table_and_a_built_schedule_cannot_both_be_named():
     with pytest.raises(tx.PlanError, match="TX204.*both say which schedule runs"):
         tx.PP(axis="pipe", microbatches=4, schedule="gpipe", table="t.sched")
+
+
+# -- stages of different sizes -----------------------------------------------------------------
+UNEVEN = [("1f1b", (4, 3)), ("zbh1", (4, 3)), ("gpipe", (2, 3, 2))]
+
+
+@pytest.mark.parametrize(("schedule", "counts"), UNEVEN, ids=[f"{s}-{'+'.join(map(str, c))}" for s, c in UNEVEN])
+def test_stages_of_different_sizes_match_the_reference(schedule, counts):
+    starts = np.cumsum((0, *counts))
+    stages = [[f"blocks[{a}:{b}]"] for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    stages[0].insert(0, "embed")
+    stages[-1].append("head")
+    p, m = len(counts), 4
+    pp = tx.PP(axis="pipe", microbatches=m, schedule=schedule, stages=stages, balance_tolerance=2.0)
+    params, batches = mlp_params(sum(counts)), mlp_batches(2, 2 * m)
+    losses, _, state = run(tx.Plan(pipeline_parallel=pp), tx.MeshSpec(devices=p, axes=("pipe",)), params, batches)
+    # Stored padded: every device holds the largest stage's rows, the smaller stages' last rows zero.
+    stored = state.params["blocks"]["w"]
+    assert stored.shape == (p * max(counts), *params["blocks"]["w"].shape[1:])
+    assert stored.addressable_shards[0].data.shape[0] == max(counts)
+    got = jax.device_get(state.engine.params_in_model_order(state))
+    assert got["blocks"]["w"].shape == params["blocks"]["w"].shape
+    ref_losses, ref_params = sgd_reference(REFERENCE, params, batches)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert max_relative_error(got, ref_params) < 1e-5
+    padding = [r for s, n in enumerate(counts) for r in range(s * max(counts) + n, (s + 1) * max(counts))]
+    assert not np.any(np.asarray(stored)[padding])
+
+
+def test_stage_lines_must_tile_the_stack_in_order():
+    text = (
+        "mesh { pipe = 2 }\npipeline over pipe { microbatches = 2 stage [embed, blocks[0:4]] stage [blocks[5:7], head] }"
+    )
+    from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings
+
+    ir = tx.load_plan(text=text).compile(target=Target(device_count=2))
+    resolve = ResolveShardings(parameters=(("embed/w", (4, 16)), ("blocks/w", (7, 16, 16)), ("head/w", (16, 2))))
+    with pytest.raises(tx.PlanError) as info:
+        PassPipeline([resolve, CheckStageBalance()]).run(ir, Target(device_count=2))
+    assert [d.code for d in info.value.diagnostics] == ["TX226"]  # the lines run 6 layers, the stack has 7
+    resolve = ResolveShardings(parameters=(("embed/w", (4, 16)), ("blocks/w", (6, 16, 16)), ("head/w", (16, 2))))
+    with pytest.raises(tx.PlanError) as info:
+        PassPipeline([resolve, CheckStageBalance()]).run(ir, Target(device_count=2))
+    (d,) = [d for d in info.value.diagnostics if d.code == "TX227"]
+    assert "stage 1 runs ['blocks[5:7]', 'head']" in d.message and "must run blocks[4:6]" in d.message

@@ -123,18 +123,16 @@ class PipelineProgram:
 
         p = self.schedule.stages
         layer = jax.tree.map(lambda x: x[0], blocks)
-        layers = jax.tree.leaves(blocks)[0].shape[0]
+        rows = jax.tree.leaves(blocks)[0].shape[0]
+        counts = self.plan.stage_layers or (rows,) * p  # uneven stages run fewer than their stored rows
         with outside_step_context():
             # Outside the step, layers do no sequence splitting either: take the activation
             # shape from this same trace, not from the step's (possibly sequence-split) one.
             x = jax.eval_shape(first, *abstract((others, mb0)))
-            per_block = layers * flops(block, layer, x)
-            kinds = {
-                "first": flops(first, others, mb0) + per_block,
-                "middle": per_block,
-                "last": per_block + flops(last, others, x, mb0),
-            }
-        costs = [kinds["first"]] + [kinds["middle"]] * (p - 2) + [kinds["last"]]
+            one_block = flops(block, layer, x)
+            costs = [count * one_block for count in counts]
+            costs[0] += flops(first, others, mb0)
+            costs[-1] += flops(last, others, x, mb0)
         recorder = active_recorder()
         if recorder is not None:
             recorder.stage_flops = tuple(costs)
@@ -198,6 +196,9 @@ class PipelineModelFns:
 
 
 _COTANGENT_NAMES = {"first": ("o", "b"), "middle": ("b", "x"), "last": ("o", "b", "x")}
+
+Branch = tuple[int, str, int]
+"""A branch of the loop: (chunk, stage kind, layers), see :class:`~titanax.lowering.pipeline_tables.PipelineTables`."""
 """What each entry of a stage's pullback result is the gradient of (see :func:`stage_primals`)."""
 
 
@@ -217,7 +218,7 @@ class _ScheduleRun:
         self.program, self.model = program, model
         self.p, self.m, self.v = schedule.stages, schedule.microbatches, schedule.virtual_stages
         self.split = schedule.split_backward
-        self.tables = PipelineTables.build(schedule)
+        self.tables = PipelineTables.build(schedule, program.plan.stage_layers)
         self.seed = 1.0 / self.m if loss_scale is None else loss_scale / self.m
         pipe = frozenset({program.axis})
         self.pipe = pipe
@@ -243,20 +244,23 @@ class _ScheduleRun:
         )
         self.loss_axes = varying_axes(loss_aval) | pipe
         self.zero_loss = ensure_varying(jnp.zeros((), jnp.float32), self.loss_axes)
-        self.layouts: dict[tuple[int, str], ResidualLayout] = {}
-        self.handoffs: dict[tuple[int, str], ResidualLayout] = {}
-        self.loss_types: dict[tuple[int, str], tuple[Any, frozenset[str]]] = {}
-        for c, kind in self.tables.forward_branches:
+        self.layouts: dict[Branch, ResidualLayout] = {}
+        self.handoffs: dict[Branch, ResidualLayout] = {}
+        self.loss_types: dict[Branch, tuple[Any, frozenset[str]]] = {}
+        for key in self.tables.forward_branches:
             # Traced once outside the loop (nothing of this trace stays in the program): the
             # stashes are sized from it before the loop starts.
-            jax.eval_shape(partial(self._probe, c, kind), self.others, self.blocks, self.act_zero, mb0)
+            jax.eval_shape(partial(self._probe, key), self.others, self.blocks, self.act_zero, mb0)
 
     # -- pieces every branch uses ---------------------------------------------------------
-    def chunk_of(self, b: Any, c: int) -> Any:
-        """Chunk ``c`` of this device's blocks."""
-        if self.v == 1:
+    def chunk_of(self, b: Any, c: int, layers: int = 0) -> Any:
+        """Chunk ``c`` of this device's blocks; only its first ``layers`` rows when given (uneven
+        stages store padding rows after a stage's own layers)."""
+        if self.v == 1 and not layers:
             return b
-        return jax.tree.map(lambda w: w[c * self.per_chunk : (c + 1) * self.per_chunk], b)
+        lo = c * self.per_chunk
+        hi = lo + (layers or self.per_chunk)
+        return jax.tree.map(lambda w: w[lo:hi], b)
 
     def run_blocks(self, b: Any, x: Any) -> Any:
         """The blocks of one chunk, in order."""
@@ -279,23 +283,25 @@ class _ScheduleRun:
         """Values a residual may be, which are taken again rather than stashed."""
         return [*jax.tree.leaves(o), *jax.tree.leaves(b), *jax.tree.leaves(mb)]
 
-    def stage_vjp(self, c: int, kind: str, o: Any, b: Any, x: Any, mb: Any) -> tuple[Any, Any, Any]:
-        """Run chunk ``c``'s stage forward under ``jax.vjp``: (output, pullback, chunk blocks)."""
-        b_c = self.chunk_of(b, c)
+    def stage_vjp(self, key: Branch, o: Any, b: Any, x: Any, mb: Any) -> tuple[Any, Any, Any]:
+        """Run branch ``key``'s stage forward under ``jax.vjp``: (output, pullback, chunk blocks)."""
+        c, kind, layers = key
+        b_c = self.chunk_of(b, c, layers)
         fn = apply_remat(
             stage_function(kind, self.model.first, self.run_blocks, self.model.last, mb), self.program.plan.remat
         )
         out, pullback = jax.vjp(fn, *stage_primals(kind, o, b_c, x))
         return out, pullback, b_c
 
-    def seed_cotangent(self, c: int, kind: str) -> Any:
+    def seed_cotangent(self, key: Branch) -> Any:
         """d(mean loss)/d(this microbatch's loss), typed as the loss."""
-        dtype, axes = self.loss_types[(c, kind)]
+        dtype, axes = self.loss_types[key]
         return ensure_varying(jnp.asarray(self.seed, dtype), axes)
 
-    def split_of(self, c: int, kind: str, leaves: list[Any], g: Any) -> SplitBackward:
-        """The backward of chunk ``c``'s stage, split into its input and weight halves."""
-        treedef = self.layouts[(c, kind)].treedef
+    def split_of(self, key: Branch, leaves: list[Any], g: Any) -> SplitBackward:
+        """The backward of branch ``key``'s stage, split into its input and weight halves."""
+        kind = key[1]
+        treedef = self.layouts[key].treedef
         count = len(leaves)
 
         def backward(*args: Any) -> list[Any]:
@@ -305,24 +311,26 @@ class _ScheduleRun:
         inputs = [n_out - 1] if "x" in _COTANGENT_NAMES[kind] else []
         return split_backward(backward, leaves, [g], inputs)
 
-    def _probe(self, c: int, kind: str, o: Any, b: Any, x: Any, mb: Any) -> None:
-        out, pullback, b_c = self.stage_vjp(c, kind, o, b, x, mb)
+    def _probe(self, key: Branch, o: Any, b: Any, x: Any, mb: Any) -> None:
+        out, pullback, b_c = self.stage_vjp(key, o, b, x, mb)
         layout, leaves = trace_layout(pullback, self.references(o, b_c, mb))
-        self.layouts[(c, kind)] = layout
-        self.loss_types[(c, kind)] = (out.dtype, varying_axes(out))
+        self.layouts[key] = layout
+        self.loss_types[key] = (out.dtype, varying_axes(out))
         if self.split:
-            g = self.seed_cotangent(c, kind) if kind == "last" else self.act_zero
-            halves = self.split_of(c, kind, leaves, g)
+            g = self.seed_cotangent(key) if key[1] == "last" else self.act_zero
+            halves = self.split_of(key, leaves, g)
             handed = halves.input_part(*leaves, g)[halves.input_outputs :]
-            self.handoffs[(c, kind)] = trace_layout(list(handed), [])[0]
+            self.handoffs[key] = trace_layout(list(handed), [])[0]
 
-    def accumulate(self, c: int, kind: str, grads_o: Any, grads_b: Any, d_o: Any, d_b: Any) -> tuple[Any, Any]:
-        """Add one microbatch's gradients into the step's (chunk ``c`` of the blocks)."""
+    def accumulate(self, key: Branch, grads_o: Any, grads_b: Any, d_o: Any, d_b: Any) -> tuple[Any, Any]:
+        """Add one microbatch's gradients into the step's (the rows of the blocks branch ``key`` runs)."""
+        c, _, layers = key
         if d_o is not None:
             grads_o = jax.tree.map(jnp.add, grads_o, d_o)
-        if self.v == 1:
+        if self.v == 1 and not layers:
             return grads_o, jax.tree.map(jnp.add, grads_b, d_b)
-        lo, hi = c * self.per_chunk, (c + 1) * self.per_chunk
+        lo = c * self.per_chunk
+        hi = lo + (layers or self.per_chunk)
         grads_b = jax.tree.map(
             lambda acc, d: lax.dynamic_update_slice_in_dim(acc, lax.slice_in_dim(acc, lo, hi) + d, lo, 0), grads_b, d_b
         )
@@ -336,13 +344,14 @@ class _ScheduleRun:
         return d_o, d_b
 
     # -- branches -------------------------------------------------------------------------
-    def forward_branch(self, c: int, kind: str) -> Callable:
-        """Run chunk ``c``'s forward, returning what to send, its residual rows and its loss."""
+    def forward_branch(self, key: Branch) -> Callable:
+        """Run branch ``key``'s forward, returning what to send, its residual rows and its loss."""
+        kind = key[1]
 
         def run(o, b, x, mb, rows):
-            out, pullback, b_c = self.stage_vjp(c, kind, o, b, x, mb)
+            out, pullback, b_c = self.stage_vjp(key, o, b, x, mb)
             layout, leaves = trace_layout(pullback, self.references(o, b_c, mb))
-            if layout.sources != self.layouts[(c, kind)].sources:
+            if layout.sources != self.layouts[key].sources:
                 raise RuntimeError("a stage's residuals changed between two traces")  # pragma: no cover
             rows = layout.pack(leaves, rows)
             if kind == "last":
@@ -355,15 +364,16 @@ class _ScheduleRun:
         """Nothing to run: send zeros, leave the residual row as it was."""
         return self.act_zero, rows, self.zero_loss
 
-    def backward_branch(self, c: int, kind: str) -> Callable:
-        """Run chunk ``c``'s whole backward: the cotangent to send, and the gradients added in."""
+    def backward_branch(self, key: Branch) -> Callable:
+        """Run branch ``key``'s whole backward: the cotangent to send, and the gradients added in."""
+        c, kind, layers = key
 
         def run(o, b, g, mb, rows, grads_o, grads_b):
-            b_c = self.chunk_of(b, c)
-            pullback = self.layouts[(c, kind)].rebuild(rows, self.references(o, b_c, mb))
-            g = self.seed_cotangent(c, kind) if kind == "last" else g
+            b_c = self.chunk_of(b, c, layers)
+            pullback = self.layouts[key].rebuild(rows, self.references(o, b_c, mb))
+            g = self.seed_cotangent(key) if kind == "last" else g
             cotangents = dict(zip(_COTANGENT_NAMES[kind], pullback(g), strict=True))
-            grads_o, grads_b = self.accumulate(c, kind, grads_o, grads_b, cotangents.get("o"), cotangents["b"])
+            grads_o, grads_b = self.accumulate(key, grads_o, grads_b, cotangents.get("o"), cotangents["b"])
             d_x = ensure_varying(cotangents["x"], self.act_axes) if "x" in cotangents else self.act_zero
             return d_x, grads_o, grads_b
 
@@ -373,16 +383,17 @@ class _ScheduleRun:
         """Nothing to run: send zeros, gradients unchanged."""
         return self.act_zero, grads_o, grads_b
 
-    def input_branch(self, c: int, kind: str) -> Callable:
-        """Run the input-gradient half of chunk ``c``'s backward; stash what its ``W`` needs."""
+    def input_branch(self, key: Branch) -> Callable:
+        """Run the input-gradient half of branch ``key``'s backward; stash what its ``W`` needs."""
+        c, kind, layers = key
 
         def run(o, b, g, mb, rows, wrows):
-            b_c = self.chunk_of(b, c)
-            leaves = self.layouts[(c, kind)].leaves(rows, self.references(o, b_c, mb))
-            g = self.seed_cotangent(c, kind) if kind == "last" else g
-            halves = self.split_of(c, kind, leaves, g)
+            b_c = self.chunk_of(b, c, layers)
+            leaves = self.layouts[key].leaves(rows, self.references(o, b_c, mb))
+            g = self.seed_cotangent(key) if kind == "last" else g
+            halves = self.split_of(key, leaves, g)
             results = halves.input_part(*leaves, g)
-            wrows = self.handoffs[(c, kind)].pack(results[halves.input_outputs :], wrows)
+            wrows = self.handoffs[key].pack(results[halves.input_outputs :], wrows)
             d_x = ensure_varying(results[0], self.act_axes) if halves.input_outputs else self.act_zero
             return d_x, wrows
 
@@ -392,17 +403,18 @@ class _ScheduleRun:
         """Nothing to run: send zeros, leave the handoff row as it was."""
         return self.act_zero, wrows
 
-    def weight_branch(self, c: int, kind: str) -> Callable:
-        """Run the weight-gradient half of chunk ``c``'s backward and add the gradients in."""
+    def weight_branch(self, key: Branch) -> Callable:
+        """Run the weight-gradient half of branch ``key``'s backward and add the gradients in."""
+        c, kind, layers = key
 
         def run(o, b, mb, rows, wrows, grads_o, grads_b):
-            b_c = self.chunk_of(b, c)
-            leaves = self.layouts[(c, kind)].leaves(rows, self.references(o, b_c, mb))
-            handed = self.handoffs[(c, kind)].leaves(wrows, [])
-            g = self.seed_cotangent(c, kind) if kind == "last" else self.act_zero
-            halves = self.split_of(c, kind, leaves, g)
+            b_c = self.chunk_of(b, c, layers)
+            leaves = self.layouts[key].leaves(rows, self.references(o, b_c, mb))
+            handed = self.handoffs[key].leaves(wrows, [])
+            g = self.seed_cotangent(key) if kind == "last" else self.act_zero
+            halves = self.split_of(key, leaves, g)
             d_o, d_b = self.unflatten_weights(kind, b_c, halves.weight_part(*leaves, *handed))
-            return self.accumulate(c, kind, grads_o, grads_b, d_o, d_b)
+            return self.accumulate(key, grads_o, grads_b, d_o, d_b)
 
         return run
 
@@ -417,12 +429,12 @@ class _ScheduleRun:
         plan, tables, m = self.program.plan, self.tables, self.m
         o, b = self.others, self.blocks
         stage = lax.axis_index(self.program.axis)
-        forward_fns = [self.forward_idle] + [self.forward_branch(*k) for k in tables.forward_branches]
+        forward_fns = [self.forward_idle] + [self.forward_branch(k) for k in tables.forward_branches]
         if self.split:
-            backward_fns = [self.input_idle] + [self.input_branch(*k) for k in tables.backward_branches]
-            weight_fns = [self.weight_idle] + [self.weight_branch(*k) for k in tables.weight_branches]
+            backward_fns = [self.input_idle] + [self.input_branch(k) for k in tables.backward_branches]
+            weight_fns = [self.weight_idle] + [self.weight_branch(k) for k in tables.weight_branches]
         else:
-            backward_fns = [self.backward_idle] + [self.backward_branch(*k) for k in tables.backward_branches]
+            backward_fns = [self.backward_idle] + [self.backward_branch(k) for k in tables.backward_branches]
         res_shape = StashShape.covering(list(self.layouts.values()), tables.res_slots)
         wres_shape = StashShape.covering(list(self.handoffs.values()), tables.wres_slots)
 

@@ -65,10 +65,11 @@ class PipelineTables:
     """Lookup tables of one schedule, ``(ticks, devices)`` int32 arrays, and the slot counts behind them."""
 
     schedule: Schedule
-    forward_branches: tuple[tuple[int, str], ...]
-    """``(chunk, kind)`` of each forward branch; table value ``k + 1`` runs branch ``k``, 0 idles."""
-    backward_branches: tuple[tuple[int, str], ...]
-    weight_branches: tuple[tuple[int, str], ...]
+    forward_branches: tuple[tuple[int, str, int], ...]
+    """``(chunk, kind, layers)`` of each forward branch (``layers`` 0: all the chunk's rows; else the
+    stage's own count under uneven stages); table value ``k + 1`` runs branch ``k``, 0 idles."""
+    backward_branches: tuple[tuple[int, str, int], ...]
+    weight_branches: tuple[tuple[int, str, int], ...]
     act_slots: int
     cot_slots: int
     res_slots: int
@@ -76,8 +77,9 @@ class PipelineTables:
     arrays: dict[str, np.ndarray] = field(repr=False)
 
     @classmethod
-    def build(cls, schedule: Schedule) -> PipelineTables:
-        """Branches, slots and tables of ``schedule``."""
+    def build(cls, schedule: Schedule, stage_layers: tuple[int, ...] | None = None) -> PipelineTables:
+        """Branches, slots and tables of ``schedule``; ``stage_layers`` gives each device's layer count
+        when stages run different numbers of layers (``None``: every device runs all its rows)."""
         p, n = schedule.stages, schedule.model_stages
         when = {(op.kind, op.model_stage(p), op.microbatch): op for op in schedule.ops}
         split = schedule.split_backward
@@ -103,9 +105,12 @@ class PipelineTables:
         res_slots, res_slot = _assign(res, strict=True)
         wres_slots, wres_slot = _assign(wres, strict=True)
 
-        def branches(kind: str) -> tuple[tuple[int, str], ...]:
-            found = {(op.chunk, stage_kind(op.model_stage(p), n)) for op in schedule.ops if op.kind == kind}
-            return tuple(sorted(found, key=lambda b: (b[0], BRANCH_KINDS.index(b[1]))))
+        def branch_of(op: Op) -> tuple[int, str, int]:
+            return (op.chunk, stage_kind(op.model_stage(p), n), stage_layers[op.stage] if stage_layers else 0)
+
+        def branches(kind: str) -> tuple[tuple[int, str, int], ...]:
+            found = {branch_of(op) for op in schedule.ops if op.kind == kind}
+            return tuple(sorted(found, key=lambda b: (b[0], BRANCH_KINDS.index(b[1]), b[2])))
 
         forward, backward, weight = branches("F"), branches("B"), branches("W")
         shape = (schedule.ticks, p)
@@ -116,7 +121,7 @@ class PipelineTables:
         arrays["cot_in"][:] = cot_slots
         for op in schedule.ops:
             t, d, ms, i = op.tick, op.stage, op.model_stage(p), op.microbatch
-            branch = (op.chunk, stage_kind(ms, n))
+            branch = branch_of(op)
             if op.kind == "F":
                 arrays["f_branch"][t, d] = forward.index(branch) + 1
                 arrays["f_micro"][t, d] = i

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from titanax.ir import Operand, PlanIR, Schedule, schedule_from_ir
 from titanax.ir.nodes import CollectiveNode
+from titanax.ir.stage_split import stage_split
 from titanax.lowering.collectives import IRCollective
 
 __all__ = ["PipelinePlan", "StepPlan"]
@@ -40,6 +41,8 @@ class PipelinePlan:
     balance_tolerance: float
     remat: str
     """What each stage's forward keeps for its backward (``none``, ``dots`` or ``full``)."""
+    stage_layers: tuple[int, ...] | None
+    """Layers each device runs when the stages differ (the blocks are then stored padded); ``None``: all equal."""
     activations: IRCollective | None
     """Device ``s`` to ``s + 1`` every tick (and ``p - 1`` to 0 when interleaved; ``None`` with one stage)."""
     cotangents: IRCollective | None
@@ -83,12 +86,14 @@ class StepPlan:
         dp_axes = dp.axes if dp else ()
         pipeline = None
         if pp is not None:
+            split = stage_split(ir)
             pipeline = PipelinePlan(
                 axis=pp.axes[0],
                 schedule=schedule_from_ir(ir),
                 blocks=pp.blocks,
                 balance_tolerance=pp.balance_tolerance,
                 remat=ir.remat(),
+                stage_layers=split.counts if split is not None and not split.even else None,
                 activations=_one(ir, Operand.STAGE_ACTIVATIONS),
                 cotangents=_one(ir, Operand.STAGE_COTANGENTS),
                 replicated_gradients=_one(ir, Operand.REPLICATED_GRADIENTS),

@@ -5,9 +5,11 @@ names each stage's layers. A stage's cost is the number of parameters it runs:
 its range of the stacked blocks (layers x parameters per layer) plus every
 top-level entry it names (``embed``, ``head``). The costliest stage over the
 cheapest may not exceed the pipeline's ``balance_tolerance`` (TX228): a pipeline
-runs at the pace of its slowest stage. The lowering also needs the blocks split
-evenly and in order, stage ``s`` running layers ``[s L/p, (s+1) L/p)`` (TX227),
-and every named entry to exist (TX229).
+runs at the pace of its slowest stage. The lowering also needs each stage to run
+consecutive blocks, in order, covering the whole stack (TX227); stages may run
+different numbers of layers (the state then stores the blocks padded), except
+under an interleaved schedule, whose chunks split evenly. Every named entry must
+exist (TX229).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from titanax.frontend import parse_layer
 from titanax.ir import PipelineParallelNode, PlanIR
+from titanax.ir.stage_split import stage_split
 from titanax.passes.base import Pass, PassContext, register_pass
 
 __all__ = ["CheckStageBalance"]
@@ -26,8 +29,8 @@ __all__ = ["CheckStageBalance"]
 @register_pass
 @dataclass(frozen=True, kw_only=True)
 class CheckStageBalance(Pass):
-    """Reject unbalanced stages (TX228), a blocks split the lowering cannot run (TX227), and
-    stages naming parameter entries that do not exist (TX229)."""
+    """Reject unbalanced stages (TX228), a blocks split the lowering cannot run (TX227: not in order,
+    not consecutive, not covering the stack), and stages naming parameter entries that do not exist (TX229)."""
 
     name = "check-stage-balance"
     validates = True
@@ -43,7 +46,9 @@ class CheckStageBalance(Pass):
         if any(d.code == "TX226" for d in ctx.diagnostics):
             return  # the blocks could not be laid out, so their cost is unknown
         blocks = [p for p in params if p.path == dim.blocks or p.path.startswith(dim.blocks + "/")]
-        layers = blocks[0].shape[0] if blocks else 0
+        split = stage_split(ir)
+        # Uneven stages are stored padded: the model's layer count is the stage lines' total.
+        layers = split.layers if split is not None and not split.even else (blocks[0].shape[0] if blocks else 0)
         per_layer = sum(math.prod(p.shape[1:]) for p in blocks)
         # Every top-level entry's parameter count, in one pass over the parameters, so that a
         # stage naming an entry costs a lookup rather than another pass over every parameter.
@@ -53,6 +58,7 @@ class CheckStageBalance(Pass):
             entry_cost[entry] = entry_cost.get(entry, 0) + math.prod(p.shape)
         entries = sorted(entry_cost)
         costs = []
+        next_start = 0
         for stage in stages:
             cost = 0
             for text in stage.layers:
@@ -71,7 +77,7 @@ class CheckStageBalance(Pass):
                 else:
                     cost += entry_cost[ref.name]
             costs.append(cost)
-            self._check_even_split(stage, dim, layers, len(stages), ctx)
+            next_start = self._check_split(stage, dim, layers, len(stages), next_start, ctx)
         if costs and min(costs) > 0 and max(costs) / min(costs) > dim.balance_tolerance:
             listing = ", ".join(f"stage {i}: {c:,}" for i, c in enumerate(costs))
             heavy, light = costs.index(max(costs)), costs.index(min(costs))
@@ -85,21 +91,41 @@ class CheckStageBalance(Pass):
             )
 
     @staticmethod
-    def _check_even_split(stage, dim, layers: int, count: int, ctx: PassContext) -> None:
+    def _check_split(stage, dim, layers: int, count: int, start: int, ctx: PassContext) -> int:
+        """Check that ``stage`` runs consecutive blocks from ``start`` on; return where the next stage starts.
+
+        Stages may run different numbers of layers (they are stored padded, see ``ir/stage_split.py``),
+        but under an interleaved schedule the chunks must split evenly.
+        """
         ranges = [parse_layer(t) for t in stage.layers]
-        ranges = [r for r in ranges if r is not None and r.name == dim.blocks and r.start is not None]
-        per_stage = layers // count if count else 0
-        want = (stage.index * per_stage, (stage.index + 1) * per_stage)
-        got = (min(r.start for r in ranges), max(r.stop for r in ranges)) if ranges else None
+        ranges = sorted(
+            (r for r in ranges if r is not None and r.name == dim.blocks and r.start is not None), key=lambda r: r.start
+        )
         covered = sum(r.stop - r.start for r in ranges)
-        if layers and (got != want or covered != per_stage):
+        contiguous = all(a.stop == b.start for a, b in zip(ranges, ranges[1:], strict=False))
+        got = (ranges[0].start, ranges[-1].stop) if ranges else None
+        per_stage = layers // count if count else 0
+        even_only = dim.virtual_stages > 1
+        want_stop = start + per_stage if even_only else None
+        wrong = not ranges or got[0] != start or not contiguous or got[1] > layers  # type: ignore[index]
+        wrong = wrong or (even_only and (got[1] != want_stop or covered != per_stage))  # type: ignore[index]
+        wrong = wrong or (stage.index == count - 1 and got is not None and got[1] != layers)
+        if layers and wrong:
+            expect = (
+                f"{dim.blocks}[{start}:{start + per_stage}] (interleaved chunks split the blocks evenly)"
+                if even_only
+                else (f"{dim.blocks}[{start}:{layers}]" if stage.index == count - 1 else f"{dim.blocks}[{start}:...]")
+            )
             ctx.error(
                 "TX227",
-                f"stage {stage.index} runs {[str(t) for t in stage.layers]}, but the pipeline lowering splits the "
-                f"{layers} stacked blocks evenly: stage {stage.index} must run {dim.blocks}[{want[0]}:{want[1]}]",
-                f"give each of the {count} stages {per_stage} consecutive blocks",
+                f"stage {stage.index} runs {[str(t) for t in stage.layers]}, but the stages must run the {layers} "
+                f"stacked blocks in order, each stage consecutive blocks: stage {stage.index} must run {expect}",
+                "give each stage a range that starts where the previous one stopped, the last ending at "
+                f"{dim.blocks}[{layers}]",
                 stage.location,
             )
+            return start + max(covered, 1)
+        return got[1] if got else start  # type: ignore[index]
 
 
 def _entry_hint(name: str, entries: list[str]) -> str:

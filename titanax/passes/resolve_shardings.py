@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from titanax.errors import PlanError
 from titanax.ir import EdgeKind, ParamNode, PipelineParallelNode, PlanIR, ShardRuleNode, TensorParallelNode
 from titanax.ir.build import connect_over_axes
+from titanax.ir.stage_split import stage_split
 from titanax.passes.base import Pass, PassContext, register_pass
 
 __all__ = ["ResolveShardings", "glob_matches", "rule_specificity"]
@@ -137,8 +138,23 @@ class ResolveShardings(Pass):
         default = ("rule.default", ir.node("rule.default"))
         sizes = ir.axis_sizes()
         pp = next((node for _, node in ir.items(PipelineParallelNode)), None)
+        split = stage_split(ir)
+        uneven = split is not None and not split.even
         matched: set[str] = set()
         for path, shape in self.parameters:
+            if uneven and pp is not None and _under(path, pp.blocks):
+                if not shape or shape[0] != split.layers:
+                    ctx.error(
+                        "TX226",
+                        f"parameter {path} {shape} is in the stacked blocks '{pp.blocks}', but the stage lines run "
+                        f"{split.layers} layers ({' + '.join(map(str, split.counts))})",
+                        f"stack {split.layers} layers on dimension 0 of every parameter under '{pp.blocks}', or "
+                        "change the stage lines",
+                        pp.location,
+                    )
+                    continue
+                # Stored padded: each device holds the largest stage's number of rows (see ir/stage_split.py).
+                shape = (split.stored_layers, *shape[1:])
             matching = [(rid, r, rank) for rid, r, fullmatch, rank in matchers if fullmatch(path) is not None]
             matched.update(rid for rid, _, _ in matching)
             decided = self._choose(path, shape, matching, tp, ctx) if matching else default

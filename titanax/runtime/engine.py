@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from titanax.errors import OptimizerError, TrainingError
 from titanax.frontend import MeshSpec, Plan
 from titanax.ir import PlanIR, print_ir
+from titanax.ir.stage_split import stage_split
 from titanax.lowering import (
     LossScale,
     available_devices,
@@ -30,7 +31,7 @@ from titanax.passes import DEFAULT_PASSES, CheckStageBalance, PassPipeline, Reso
 from titanax.runtime import distributed
 from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
-from titanax.runtime.layer_order import BlockOrder
+from titanax.runtime.layer_order import BlockOrder, BlockPadding
 from titanax.runtime.loggers import Logger, host_scalars
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.state import TrainState
@@ -154,6 +155,11 @@ class Engine:
         :mod:`titanax.runtime.layer_order`); ``None`` when it stores them in model order."""
         if pp is not None and pp.virtual_stages > 1:
             self.block_order = BlockOrder(pp.axes[0], self.mesh.shape[pp.axes[0]], pp.virtual_stages)
+        split = stage_split(self.plan_ir)
+        self.block_padding: BlockPadding | None = None
+        """When stages run different numbers of layers, how the state pads the blocks; else ``None``."""
+        if pp is not None and split is not None and not split.even:
+            self.block_padding = BlockPadding(pp.axes[0], split.counts)
         self._blocks_entry = pp.blocks if pp is not None else None
         self.host_step = 0
         """Training steps run through this engine, counted on the host (used to decide when to log);
@@ -175,10 +181,16 @@ class Engine:
     def params_in_model_order(self, state: TrainState) -> Any:
         """``state.params`` with the stacked blocks in model order (layer ``k`` at index ``k``).
 
-        Only an interleaved pipeline stores them otherwise; there the stack is exchanged over the
-        pipeline axis (``ppermute``), the layout of every array staying as it was.
+        Only an interleaved pipeline and stages of different sizes store them otherwise. Under an
+        interleaved pipeline the stack is exchanged over the pipeline axis (``ppermute``) and keeps its
+        layout; padded stages are gathered over the pipeline axis (``all_gather``) and the padding dropped,
+        so that stack comes back whole on every device of the axis.
         """
-        return state.params if self.block_order is None else self.block_order.to_model(state.params)
+        if self.block_order is not None:
+            return self.block_order.to_model(state.params)
+        if self.block_padding is not None:
+            return self.block_padding.to_model(state.params)
+        return state.params
 
     def describe(self) -> str:
         """The compiled plan IR as text."""
@@ -209,12 +221,10 @@ class Engine:
         # donation would then delete the caller's array. The explicit dtype drops JAX's
         # weak types, which step outputs never carry (a weak input would recompile).
         params = jax.tree.map(lambda x: jnp.array(x, dtype=self._master_dtype(jnp.asarray(x).dtype), copy=True), params)
-        if self.block_order is not None and isinstance(params, dict) and self._blocks_entry in params:
-            # Each device's shard must hold its interleaved chunks: reorder before placing, on the host.
-            params = {
-                **params,
-                self._blocks_entry: jax.tree.map(self.block_order.to_storage_host, params[self._blocks_entry]),
-            }
+        layout = self.block_order or self.block_padding
+        if layout is not None and isinstance(params, dict) and self._blocks_entry in params:
+            # Each device's shard must hold its own chunks, or its stage padded: arrange before placing, on the host.
+            params = {**params, self._blocks_entry: jax.tree.map(layout.to_storage_host, params[self._blocks_entry])}
         specs = param_specs(self.ir, params)
         params = jax.tree.map(lambda x, spec: place_global(x, NamedSharding(self.mesh, spec)), params, specs)
         opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, specs)

@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding
 
 from titanax.lowering.collectives import ensure_varying, varying_axes
 
-__all__ = ["BlockOrder", "storage_permutation"]
+__all__ = ["BlockOrder", "BlockPadding", "storage_permutation"]
 
 
 def storage_permutation(layers: int, stages: int, chunks: int) -> np.ndarray:
@@ -111,3 +111,41 @@ class BlockOrder:
     def to_storage(self, tree: Any) -> Any:
         """Every stack in ``tree`` split over the pipeline axis, from model to storage order."""
         return jax.tree.map(lambda x: self._convert(x, to_model=False) if isinstance(x, jax.Array) else x, tree)
+
+
+class BlockPadding:
+    """Storage of stages that run different numbers of layers (see ``titanax/ir/stage_split.py``):
+    device ``s``'s shard holds its ``counts[s]`` layers, then zero rows up to ``max(counts)``."""
+
+    def __init__(self, axis: str, counts: tuple[int, ...]):
+        self.axis, self.counts = axis, counts
+        self.rows = max(counts)
+        starts = np.cumsum((0, *counts[:-1]))
+        # Stored row of each model layer, in model order.
+        self.stored_rows = np.concatenate([s * self.rows + np.arange(n) for s, n in enumerate(counts)])
+        self.model_starts = starts
+
+    def to_storage_host(self, stack: Any) -> Any:
+        """A host (unplaced) stack of ``sum(counts)`` layers, padded to ``stages * rows``."""
+        stack = jnp.asarray(stack)
+        padded = jnp.zeros((len(self.counts) * self.rows, *stack.shape[1:]), stack.dtype)
+        return padded.at[self.stored_rows].set(stack)
+
+    def _unpad(self, x: jax.Array) -> jax.Array:
+        sharding = x.sharding
+        if not isinstance(sharding, NamedSharding) or not sharding.spec or sharding.spec[0] != self.axis:
+            return x
+        rows = jnp.asarray(self.stored_rows)
+        out_spec = jax.P(None, *sharding.spec[1:])
+
+        def gather(local: jax.Array) -> jax.Array:
+            whole = lax.all_gather(local, self.axis, axis=0, tiled=True, to="invarying")
+            return whole[rows]
+
+        mapped = jax.shard_map(gather, mesh=sharding.mesh, in_specs=sharding.spec, out_specs=out_spec, check_vma=True)
+        return jax.jit(mapped)(x)
+
+    def to_model(self, tree: Any) -> Any:
+        """Every padded stack in ``tree`` as the model's stack of ``sum(counts)`` layers, gathered over the
+        pipeline axis (``all_gather``: a stack that does not divide over the axis cannot stay split)."""
+        return jax.tree.map(lambda x: self._unpad(x) if isinstance(x, jax.Array) else x, tree)
