@@ -168,9 +168,7 @@ def test_stages_of_different_sizes_match_the_reference(schedule, counts):
 
 
 def test_stage_lines_must_tile_the_stack_in_order():
-    text = (
-        "mesh { pipe = 2 }\npipeline over pipe { microbatches = 2 stage [embed, blocks[0:4]] stage [blocks[5:7], head] }"
-    )
+    text = "mesh { pipe = 2 }\npipeline over pipe { microbatches = 2 stage [embed, blocks[0:4]] stage [blocks[5:7], head] }"
     from titanax.passes import CheckStageBalance, PassPipeline, ResolveShardings
 
     ir = tx.load_plan(text=text).compile(target=Target(device_count=2))
