@@ -261,7 +261,8 @@ def test_stacked_layers_that_do_not_split_report_only_that():
         text="mesh { pipe = 2 }\npipeline over pipe { microbatches = 2 stage [embed, blocks[0:1]] stage [blocks[1:3], head] }"
     )
     ir = loaded.compile(target=Target(device_count=2))
-    resolve = ResolveShardings(parameters=(("embed/w", (4, 16)), ("blocks/w", (3, 16, 16)), ("head/w", (16, 2))))
+    # The stage lines run 3 layers (1 + 2, stored padded) but the stack has 4.
+    resolve = ResolveShardings(parameters=(("embed/w", (4, 16)), ("blocks/w", (4, 16, 16)), ("head/w", (16, 2))))
     with pytest.raises(tx.PlanError) as info:
         PassPipeline([resolve, CheckStageBalance()]).run(ir, Target(device_count=2))
     assert [d.code for d in info.value.diagnostics] == ["TX226"]

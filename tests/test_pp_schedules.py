@@ -8,12 +8,24 @@ schedules must agree with each other.
 """
 
 import jax
+import models
 import numpy as np
 import pytest
-from models import max_relative_error
-from test_pp_numerics import REFERENCE, mlp_batches, mlp_params, run, sgd_reference
+from models import gpt_batches, max_relative_error
+from test_pp_numerics import (
+    GPT_STACKED,
+    LR,
+    REFERENCE,
+    gpt_pipeline_step,
+    gpt_reference,
+    mlp_batches,
+    mlp_params,
+    run,
+    sgd_reference,
+)
 
 import titanax as tx
+from titanax import nn
 from titanax.ir import Op, Schedule, build_schedule, schedule_from_ir
 from titanax.passes import Target
 
@@ -181,3 +193,40 @@ def test_stage_lines_must_tile_the_stack_in_order():
         PassPipeline([resolve, CheckStageBalance()]).run(ir, Target(device_count=2))
     (d,) = [d for d in info.value.diagnostics if d.code == "TX227"]
     assert "stage 1 runs ['blocks[5:7]', 'head']" in d.message and "must run blocks[4:6]" in d.message
+
+
+# -- the new schedules composed with DP and TP -------------------------------------------------
+COMPOSED = [
+    ("zbh1", 1, "none", False),
+    ("interleaved", 2, "none", True),
+    pytest.param("1f1b", 1, "dots", True, marks=pytest.mark.slow),
+    pytest.param("zbh1", 1, "full", True, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("schedule", "virtual", "remat", "sequence_parallel"), COMPOSED)
+def test_dp_x_tp_x_pp_with_the_new_schedules_match_the_gpt_reference(schedule, virtual, remat, sequence_parallel):
+    params = nn.init_gpt(jax.random.PRNGKey(0), stacked=True, **GPT_STACKED)
+    batches = gpt_batches(2, 8)
+    plan = tx.Plan(
+        data_parallel=tx.DP(axis="data"),
+        tensor_parallel=tx.TP(axis="model", rules=nn.GPT_TP_RULES, sequence_parallel=sequence_parallel),
+        pipeline_parallel=tx.PP(axis="pipe", microbatches=4, schedule=schedule, virtual_stages=virtual, remat=remat),
+    )
+    mesh = tx.MeshSpec(axes=("data", "model", "pipe"), shape=(2, 2, 2))
+    losses, _, state = run(plan, mesh, params, batches, step=gpt_pipeline_step)
+    got = jax.device_get(state.engine.params_in_model_order(state))
+    ref_losses, ref_params = models.sgd_reference(gpt_reference(), params, batches, LR)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert max_relative_error(got, ref_params) < 1e-5
+
+
+def test_interleaved_chunks_must_divide_the_stack():
+    plan = tx.Plan(pipeline_parallel=tx.PP(axis="pipe", microbatches=4, schedule="interleaved", virtual_stages=2))
+    engine = tx.Engine(mesh=tx.MeshSpec(devices=4, axes=("pipe",)), plan=plan, optimizer=tx.optim.sgd(LR))
+    for layers in (4, 12):  # 4 or 12 layers do not split into 4 devices x 2 chunks
+        with pytest.raises(tx.PlanError) as info:
+            engine.create_state(mlp_params(layers))
+        found = info.value.diagnostics
+        assert {d.code for d in found} == {"TX226"} and len(found) == 2  # blocks/b and blocks/w
+        assert "the 8 model stages (4 devices of axis 'pipe' x 2 chunks)" in found[0].message

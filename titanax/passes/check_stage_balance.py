@@ -114,7 +114,11 @@ class CheckStageBalance(Pass):
             expect = (
                 f"{dim.blocks}[{start}:{start + per_stage}] (interleaved chunks split the blocks evenly)"
                 if even_only
-                else (f"{dim.blocks}[{start}:{layers}]" if stage.index == count - 1 else f"{dim.blocks}[{start}:...]")
+                else (
+                    f"{dim.blocks}[{start}:{layers}]"
+                    if stage.index == count - 1
+                    else f"consecutive blocks from {dim.blocks}[{start}] on"
+                )
             )
             ctx.error(
                 "TX227",

@@ -212,13 +212,20 @@ class ResolveShardings(Pass):
     @classmethod
     def _stacked_spec(cls, path, shape, rule, tp, pp: PipelineParallelNode, sizes, ctx) -> Spec | None:
         pipe = pp.axes[0]
-        if not shape or shape[0] % sizes[pipe]:
+        # Interleaved chunks split each device's layers again: the stack must divide into p * v stages.
+        parts = sizes[pipe] * pp.virtual_stages
+        if not shape or shape[0] % parts:
             layers = shape[0] if shape else 0
+            where = (
+                f"the {parts} model stages ({sizes[pipe]} devices of axis '{pipe}' x {pp.virtual_stages} chunks)"
+                if pp.virtual_stages > 1
+                else f"the {sizes[pipe]} stages of axis '{pipe}'"
+            )
             ctx.error(
                 "TX226",
                 f"parameter {path} {shape} is in the stacked blocks '{pp.blocks}', but its {layers} layers "
-                f"do not split evenly over the {sizes[pipe]} stages of axis '{pipe}'",
-                f"stack a multiple of {sizes[pipe]} layers on dimension 0 of every parameter under '{pp.blocks}'",
+                f"do not split evenly over {where}",
+                f"stack a multiple of {parts} layers on dimension 0 of every parameter under '{pp.blocks}'",
                 pp.location,
             )
             return None
