@@ -9,9 +9,9 @@ one op of each kind, in this order: a forward (``F``), a backward (``B``) and,
 for schedules that split the backward, a weight-gradient op (``W``). Whatever a
 forward or backward sends to a neighbour arrives at the end of the tick, so an
 op may only use what earlier ticks produced (a ``W`` may use its ``B`` of the
-same tick). With ``virtual_stages = v`` each
-device holds ``v`` chunks of the blocks; model stage ``chunk * p + device`` runs
-on ``device``, so a microbatch goes round the devices ``v`` times.
+same tick). With ``virtual_stages = v`` each device holds ``v`` chunks of the
+blocks; model stage ``chunk * p + device`` runs on ``device``, so a microbatch
+goes round the devices ``v`` times.
 
 Builders (``p`` devices, ``m`` microbatches):
 
@@ -28,6 +28,9 @@ Builders (``p`` devices, ``m`` microbatches):
   backwards (``B``), with each weight-gradient op (``W``) put where its device would
   otherwise wait for the busiest one; at most ``2p - 1`` microbatches in flight on any
   device, as on device 0 under 1F1B (the program's stash is sized by the busiest device).
+
+A plan may also give its own table (schedule ``user``, read by
+``titanax.frontend.schedule_table``); it is checked by the same rules.
 
 The cost model (:meth:`Schedule.modelled_time`) prices ``F = 1`` and ``B = 2``
 (``3`` when the backward recomputes the forward), or ``B = 1`` and ``W = 1`` when
@@ -89,9 +92,7 @@ class Op:
 
 
 def _op_cost(kind: str, split: bool, recompute: float) -> float:
-    if kind == "F":
-        return 1.0
-    if kind == "W":
+    if kind in ("F", "W"):
         return 1.0
     return (1.0 if split else 2.0) + recompute
 
@@ -166,12 +167,6 @@ class Schedule:
         total = self.modelled_time(recompute)
         return 1.0 - work / total if total else 0.0
 
-    def idle_fraction(self) -> float:
-        """Idle op slots over all op slots of the table (one slot per kind the table uses)."""
-        kinds = len({op.kind for op in self.ops}) or 1
-        cells = self.ticks * self.stages * (kinds if self.name != "gpipe" else 1)
-        return (cells - len(self.ops)) / cells if cells else 0.0
-
     def in_flight(self, stage: int) -> int:
         """Most (chunk, microbatch) pairs whose forward has run on device ``stage`` but whose
         backward (its ``W`` when split) has not: the residuals the device holds at once."""
@@ -184,10 +179,6 @@ class Schedule:
             live += 1 if is_forward else -1
             peak = max(peak, live)
         return peak
-
-    def peak_in_flight(self, stage: int) -> int:
-        """Alias of :meth:`in_flight`."""
-        return self.in_flight(stage)
 
     def in_flight_bound(self, stage: int) -> int | None:
         """The most microbatches (chunk-microbatches when interleaved) this schedule may keep in flight

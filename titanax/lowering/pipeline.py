@@ -1,20 +1,29 @@
 """Run a pipeline schedule inside one ``shard_map`` program.
 
-Every device is one stage (its index on the pipeline axis). A ``lax.scan`` runs
-the schedule's ticks; at each tick a device looks up its op in the table (a
-constant) and runs it through one ``lax.switch``: idle, the forward of its stage
-(first, middle or last kind), or the backward of its stage. The backward is a
-per-stage ``jax.vjp`` that recomputes the stage's forward from the stage input
-kept in a stash, so a stage holds only the inputs of the microbatches in
-flight on it: about ``p - s`` under 1F1B, ``m`` under GPipe.
+Every device is one pipeline device (its index on the pipeline axis), holding one
+stage, or ``v`` chunks of the blocks under an interleaved schedule. A
+``lax.scan`` runs the schedule's ticks; in each tick a device looks up its ops in
+lookup tables (:mod:`~titanax.lowering.pipeline_tables`) and runs one
+``lax.switch`` per op slot: the forward slot, the backward slot and, when the
+backward is split (ZB-H1), the weight slot. Each switch's branches are idle
+(which does no work and passes the gradient accumulators through untouched) or
+an op of one chunk and stage kind (first, middle or last).
+
+A forward runs its stage under ``jax.vjp`` with the plan's remat policy and
+stashes the pullback's residuals in fixed-size rows
+(:mod:`~titanax.lowering.residuals`); its backward rebuilds the pullback from the
+stash, so no forward runs twice unless ``remat`` asks for it. A split backward
+runs the input-gradient half of the backward's jaxpr and hands the weight half
+what it needs through a second stash (:mod:`~titanax.lowering.split_backward`).
 
 Both ``ppermute``s (activations forward, cotangents backward) run every tick,
-outside the ``switch`` (a permute inside a per-device branch deadlocks); devices
-with nothing to send send zeros, and receivers file what arrives into a stash
-slot the table says, or into a spare slot when nothing was meant for them.
+outside the switches (a permute inside a per-device branch deadlocks); devices
+with nothing to send send zeros, and receivers file what arrives into the slot
+the tables say, or into a spare slot when nothing was meant for them.
 
-Parameters the plan stacks as blocks are split over the pipeline axis; every
-other parameter is held whole by every stage, and its gradients (nonzero only
+Parameters the plan stacks as blocks are split over the pipeline axis (stored
+padded when stages differ in size, in storage order when interleaved); every
+other parameter is held whole by every device, and its gradients (nonzero only
 on the first or last stage) are summed over the pipeline axis once. The loss,
 computed on the last stage, is summed over the axis the same way. These four
 collectives are the IR nodes the :class:`~titanax.lowering.step_plan.PipelinePlan` holds (found by
@@ -156,8 +165,10 @@ class PipelineProgram:
             # value varying over it: the carry must start that way too.
             return ensure_varying(first(others, mb), (self.axis,))
 
+        remat_block = apply_remat(block, self.plan.remat)
+
         def loss_fn(params: dict[str, Any]) -> Any:
-            loss = sequential_loss(first_varying, block, last, self.blocks, params, batch)
+            loss = sequential_loss(first_varying, remat_block, last, self.blocks, params, batch)
             return (loss * loss_scale.astype(loss.dtype) if loss_scale is not None else loss), loss
 
         (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -196,10 +207,10 @@ class PipelineModelFns:
 
 
 _COTANGENT_NAMES = {"first": ("o", "b"), "middle": ("b", "x"), "last": ("o", "b", "x")}
+"""What each entry of a stage's pullback result is the gradient of (see :func:`stage_primals`)."""
 
 Branch = tuple[int, str, int]
 """A branch of the loop: (chunk, stage kind, layers), see :class:`~titanax.lowering.pipeline_tables.PipelineTables`."""
-"""What each entry of a stage's pullback result is the gradient of (see :func:`stage_primals`)."""
 
 
 class _ScheduleRun:
@@ -221,7 +232,6 @@ class _ScheduleRun:
         self.tables = PipelineTables.build(schedule, program.plan.stage_layers)
         self.seed = 1.0 / self.m if loss_scale is None else loss_scale / self.m
         pipe = frozenset({program.axis})
-        self.pipe = pipe
         self.blocks = params[program.blocks]
         self.others = jax.tree.map(
             lambda x: ensure_varying(x, pipe), {n: val for n, val in params.items() if n != program.blocks}
