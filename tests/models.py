@@ -7,6 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import titanax as tx
+from titanax import nn
+
 IN, HIDDEN, OUT = 4, 16, 3
 
 
@@ -136,3 +139,11 @@ class Recorder:
 
     def close(self):
         pass
+
+
+@tx.step_fn
+def gpt_pipeline_step(state, batch):
+    """One training step of the stacked GPT through ``tx.pipeline.value_and_grad``: pipelined as the
+    plan says, or the blocks run in order (under the plan's remat policy) without a pipeline."""
+    loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
+    return state.apply_gradients(grads=grads), {"loss": loss}

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from jax import lax
-from models import GPT, gpt_batches, init_mlp, make_batches, mlp_loss
+from models import GPT, gpt_batches, gpt_pipeline_step, init_mlp, make_batches, mlp_loss
 
 import titanax as tx
 from titanax import nn
@@ -26,12 +26,6 @@ def mlp_step(state, batch):
 @tx.step_fn
 def gpt_step(state, batch):
     loss, grads = tx.value_and_grad(nn.gpt_loss)(state.params, batch["ids"], batch["labels"])
-    return state.apply_gradients(grads=grads), {"loss": loss}
-
-
-@tx.step_fn
-def gpt_pipeline_step(state, batch):
-    loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
     return state.apply_gradients(grads=grads), {"loss": loss}
 
 

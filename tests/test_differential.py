@@ -13,19 +13,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from models import GPT, gpt_batches, max_relative_error, sgd_reference, stacked_gpt_reference
+from models import GPT, gpt_batches, gpt_pipeline_step, max_relative_error, sgd_reference, stacked_gpt_reference
 
 import titanax as tx
 from titanax import nn
 
 LR = 0.3
 GPT_STACKED = {**GPT, "layers": 4}
-
-
-@tx.step_fn
-def step(state, batch):
-    loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
-    return state.apply_gradients(grads=grads), {"loss": loss}
 
 
 @st.composite
@@ -56,11 +50,11 @@ def check_plan(mesh, plan):
     batches = gpt_batches(2, 8)
     engine = tx.Engine(mesh=mesh, plan=plan, optimizer=tx.optim.sgd(LR))
     state = engine.create_state(params, stacked="blocks")
-    audit = step.audit(state, batches[0])
+    audit = gpt_pipeline_step.audit(state, batches[0])
     assert audit.ok, "\n" + audit.table()
     losses = []
     for batch in batches:
-        state, metrics = step(state, batch)
+        state, metrics = gpt_pipeline_step(state, batch)
         losses.append(float(metrics["loss"]))
     ref_losses, ref_params = sgd_reference(stacked_gpt_reference(GPT_STACKED["layers"]), params, batches, LR)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)

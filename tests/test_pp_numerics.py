@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import models
 import numpy as np
 import pytest
-from models import GPT, gpt_batches, max_relative_error
+from models import GPT, gpt_batches, gpt_pipeline_step, max_relative_error
 
 import titanax as tx
 from titanax import nn
@@ -106,12 +106,6 @@ def test_dp_x_pp_matches_sequential_reference():
 
 
 GPT_STACKED = {**GPT, "layers": 4}
-
-
-@tx.step_fn
-def gpt_pipeline_step(state, batch):
-    loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
-    return state.apply_gradients(grads=grads), {"loss": loss}
 
 
 def gpt_reference():

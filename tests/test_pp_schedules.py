@@ -1,22 +1,23 @@
 """Every pipeline schedule and remat policy against the sequential single-device reference.
 
-GPipe, lockstep 1F1B, interleaved 1F1B (two chunks per device) and ZB-H1 (split
-backward), each with ``remat = none`` (residuals stashed, no forward runs twice)
-and ``remat = full`` (the backward reruns the forward), train an MLP with SGD:
-losses and parameters after each step must match plain JAX within 1e-5, and the
-schedules must agree with each other.
+GPipe, lockstep 1F1B, interleaved 1F1B (two chunks per device), ZB-H1 (split
+backward) and tables users write, each with ``remat = none`` (residuals stashed,
+no forward runs twice) and ``remat = full`` (the backward reruns the forward),
+train an MLP with SGD: losses and parameters after each step must match plain
+JAX within 1e-5, and the schedules must agree with each other. Stages of
+different sizes, DP x TP x PP compositions with the new schedules (a GPT), and
+the errors of schedule tables and stage splits are checked here too.
 """
 
 import jax
 import models
 import numpy as np
 import pytest
-from models import gpt_batches, max_relative_error
+from models import gpt_batches, gpt_pipeline_step, max_relative_error
 from test_pp_numerics import (
     GPT_STACKED,
     LR,
     REFERENCE,
-    gpt_pipeline_step,
     gpt_reference,
     mlp_batches,
     mlp_params,

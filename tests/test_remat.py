@@ -10,7 +10,7 @@ checkpoint (``jax.checkpoint`` marks what it recomputes with optimization barrie
 import jax
 import numpy as np
 import pytest
-from models import GPT, gpt_batches, max_relative_error, sgd_reference, stacked_gpt_reference
+from models import GPT, gpt_batches, gpt_pipeline_step, max_relative_error, sgd_reference, stacked_gpt_reference
 
 import titanax as tx
 from titanax import nn
@@ -18,12 +18,6 @@ from titanax.passes import Target
 
 LR = 0.3
 GPT_STACKED = {**GPT, "layers": 2}
-
-
-@tx.step_fn
-def step(state, batch):
-    loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
-    return state.apply_gradients(grads=grads), {"loss": loss}
 
 
 def engine_for(remat, shape=(4, 2)):
@@ -43,7 +37,7 @@ def test_dp_x_tp_with_remat_matches_the_reference(remat):
     state = engine.create_state(params, stacked="blocks")
     losses = []
     for batch in batches:
-        state, metrics = step(state, batch)
+        state, metrics = gpt_pipeline_step(state, batch)
         losses.append(float(metrics["loss"]))
     ref_losses, ref_params = sgd_reference(stacked_gpt_reference(GPT_STACKED["layers"]), params, batches, LR)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
@@ -56,7 +50,7 @@ def test_the_policy_reaches_the_program():
     texts = {}
     for remat in (None, "full"):
         engine = engine_for(remat)
-        texts[remat] = step.lower(engine.create_state(params, stacked="blocks"), batch).as_text()
+        texts[remat] = gpt_pipeline_step.lower(engine.create_state(params, stacked="blocks"), batch).as_text()
     assert "optimization_barrier" in texts["full"] and "optimization_barrier" not in texts[None]
 
 
