@@ -31,6 +31,7 @@ from titanax.errors import CheckpointError, Diagnostic, NonFiniteError, Training
 from titanax.runtime.checkpoint import NonFiniteStateError
 from titanax.runtime.data import PerProcess
 from titanax.runtime.loggers import Basic, host_scalars
+from titanax.runtime.optim import learning_rate
 from titanax.runtime.state import TrainState
 
 if TYPE_CHECKING:
@@ -307,6 +308,9 @@ def fit(
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 watch.check()
                 scalars = host_scalars(metrics)
+                rate = learning_rate(state.opt_state)
+                if rate is not None and "learning_rate" not in scalars:
+                    scalars.update(host_scalars({"learning_rate": rate}))  # the rate this step's update used
                 scalars["step_time_s"] = elapsed / window_steps
                 scalars["samples_per_s"] = window_examples / elapsed
                 if tokens_per_sample:
