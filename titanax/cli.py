@@ -186,8 +186,13 @@ def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None, model_path
 
 
 # -- titanax audit -----------------------------------------------------------------
+def _load(path: str, args: argparse.Namespace) -> LoadedPlan:
+    """Load ``path`` with the command's ``--set`` overrides (located as ``--set:N``)."""
+    return load_plan(path, validate=False, overrides=getattr(args, "set", None) or [])
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
-    loaded = load_plan(args.file, validate=False)
+    loaded = _load(args.file, args)
     workload, state = _workload_state(loaded, _model_entry(loaded, args.model or ""), args.devices, args.model_path)
     audit = workload.step.audit(state, workload.batch)
     sys.stdout.write(audit.table())
@@ -206,7 +211,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    loaded = load_plan(args.file, validate=False)
+    loaded = _load(args.file, args)
     if args.model is not None:
         ir = _trace_model(loaded, _model_entry(loaded, args.model), args.devices, args.model_path)
     else:
@@ -265,7 +270,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.files:
         try:
-            loaded = load_plan(path, validate=False)
+            loaded = _load(path, args)
             target = _target(args, loaded)
             # Rewrites need sizes; with no device count known for an `auto` axis, only the checks run.
             inferable = target.device_count is not None or all(s > 0 for s in loaded.mesh.shape)
@@ -369,6 +374,16 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=_FORMATS, default="text", help="IR output format (dot is for Graphviz)")
 
 
+def _add_set_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a setting of the plan without editing the file, e.g. --set pipeline.microbatches=8 or "
+        "--set mesh.data=4 (repeatable; STATEMENT.SETTING as the .tx file writes it)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="titanax",
@@ -385,6 +400,7 @@ def _parser() -> argparse.ArgumentParser:
         "Parse a .tx plan, run the pass pipeline, and print a summary or the IR.",
         "titanax compile examples/plans/3d.tx --dump-ir --format dot > plan.dot\n"
         "  titanax compile examples/plans/dp_pp.tx --schedule --schedule-svg schedule.svg\n"
+        "  titanax compile examples/plans/dp_pp.tx --schedule --set pipeline.schedule=zbh1 --set pipeline.microbatches=8\n"
         "  titanax compile examples/gpt_small/plans/dp_tp.tx --model --devices 8",
     )
     compile_.add_argument("file", help="the .tx plan file")
@@ -403,6 +419,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_model_path_flag(compile_)
     _add_pipeline_flags(compile_)
+    _add_set_flag(compile_)
     compile_.set_defaults(run=_cmd_compile)
 
     audit = _subcommand(
@@ -419,6 +436,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--model", metavar="MODULE:FUNCTION", help="the tx.Workload entry point (default: the file's)")
     _add_model_path_flag(audit)
     audit.add_argument("--devices", type=int, help="simulated CPU devices (sets XLA_FLAGS before JAX starts)")
+    _add_set_flag(audit)
     audit.set_defaults(run=_cmd_audit)
 
     check = _subcommand(
@@ -430,6 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("files", nargs="+", metavar="FILE", help=".tx plan files")
     check.add_argument("--devices", type=int, help="device count of the target (default: the mesh's own count)")
+    _add_set_flag(check)
     check.set_defaults(run=_cmd_check)
 
     fmt = _subcommand(

@@ -7,14 +7,16 @@ bad plan fails here with located errors, before any JAX work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from titanax.errors import Location
 from titanax.frontend import MeshSpec, Plan
 from titanax.frontend.language import ParsedPlan, SourceFile, parse, to_plan
 from titanax.frontend.language.source import read_bounded, read_source
+from titanax.frontend.overrides import Override, apply_overrides, parse_set
 from titanax.ir import PlanIR, build_ir
 from titanax.passes import (
     DEFAULT_PASSES,
@@ -69,22 +71,39 @@ class LoadedPlan:
 
 
 def load_plan(
-    path: str | Path | None = None, *, text: str | None = None, name: str = "<text>", validate: bool = True
+    path: str | Path | None = None,
+    *,
+    text: str | None = None,
+    name: str = "<text>",
+    validate: bool = True,
+    overrides: Mapping[str, Any] | Sequence[str] | Sequence[Override] | None = None,
 ) -> LoadedPlan:
     """Load a plan from ``path`` or from ``text``, and check it.
 
     Raises a :class:`~titanax.errors.TitanaxError` whose diagnostics point at the
     file, line and column of every problem. ``validate=False`` skips the
-    validation passes (syntax and structure are always checked). Example::
+    validation passes (syntax and structure are always checked). ``overrides``
+    changes settings as ``{"pipeline.microbatches": 8, "mesh.data": 4}``, or as the
+    ``KEY=VALUE`` strings of a script's ``--set`` flags (see :mod:`titanax.frontend.overrides`). Example::
 
         loaded = tx.load_plan(text="mesh { data = 8 }  data_parallel over data")
+        loaded = tx.load_plan("plans/dp_pp.tx", overrides={"pipeline.microbatches": 16})
     """
     if (path is None) == (text is None):
         raise TypeError("load_plan() takes a path or text=..., not both")
     source = read_source(path) if path is not None else SourceFile(name, text)
     parsed = parse(source)
     contents = to_plan(parsed)
-    loaded = LoadedPlan(contents.mesh, contents.plan, contents.model, contents.model_location, parsed)
+    mesh, plan = contents.mesh, contents.plan
+    if overrides:
+        if isinstance(overrides, Mapping):
+            given: Mapping[str, Any] | list[Override] = overrides
+        elif all(isinstance(item, str) for item in overrides):
+            given = parse_set(list(overrides))  # command-line KEY=VALUE strings, located as --set:N
+        else:
+            given = list(overrides)
+        mesh, plan = apply_overrides(mesh, plan, given, source="overrides")
+    loaded = LoadedPlan(mesh, plan, contents.model, contents.model_location, parsed)
     if validate:
         # Only the checks: the device count may be unknown until the Engine runs.
         loaded.compile(target=Target(), passes=VALIDATION_PASSES)

@@ -44,11 +44,17 @@ def main() -> None:
     )
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate")
     parser.add_argument("--log-every", type=int, default=50, help="print the training loss every this many steps")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a plan setting, e.g. --set pipeline.microbatches=8 --set mesh.data=4 (repeatable)",
+    )
     args = parser.parse_args()
 
     plan_path = Path(args.plan) if args.plan.endswith(".tx") else PLANS / f"{args.plan}.tx"
     try:
-        loaded = tx.load_plan(plan_path)
+        loaded = tx.load_plan(plan_path, overrides=args.set or ())
         engine = tx.Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=tx.optim.adamw(args.lr))
     except tx.TitanaxError as err:
         sys.exit(f"{err}")

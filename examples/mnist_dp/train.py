@@ -48,6 +48,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plan", default=str(Path(__file__).parent / "plan.tx"), help="a .tx plan file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="change a plan setting, e.g. --set mesh.data=4 --set data_parallel.accumulate_steps=2 (repeatable)",
+    )
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--checkpoint-dir", default=None, help="save here every --eval-every steps")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -74,7 +80,7 @@ def main() -> None:
             tx.loggers.TensorBoard(log_dir / "tensorboard"),
         ]
     try:
-        loaded = tx.load_plan(args.plan)
+        loaded = tx.load_plan(args.plan, overrides=args.set or ())
         engine = tx.Engine(
             mesh=loaded.mesh,
             plan=loaded.plan,
