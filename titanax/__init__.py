@@ -27,6 +27,7 @@ from titanax.loader import LoadedPlan, load_plan
 # compiler stages (frontend, ir, passes) start without paying for JAX.
 _RUNTIME_NAMES = (
     "Checkpoint",
+    "Profile",
     "Engine",
     "data",
     "distributed",
@@ -65,6 +66,7 @@ __all__ = [
     "BatchError",
     "Checkpoint",
     "CheckpointError",
+    "Profile",
     "DistributedError",
     "NonFiniteError",
     "TrainingError",

@@ -5,12 +5,14 @@ from titanax.runtime.checkpoint import Checkpoint
 from titanax.runtime.engine import Engine
 from titanax.runtime.grad import value_and_grad
 from titanax.runtime.pipeline import PipelineModel
+from titanax.runtime.profile import Profile
 from titanax.runtime.state import TrainState
 from titanax.runtime.step_fn import StepFn, step_fn
 from titanax.runtime.workload import Workload, load_workload
 
 __all__ = [
     "Checkpoint",
+    "Profile",
     "Engine",
     "PipelineModel",
     "StepFn",

@@ -34,6 +34,7 @@ from titanax.runtime.fit import fit as run_fit
 from titanax.runtime.layer_order import BlockOrder, BlockPadding
 from titanax.runtime.loggers import Logger, host_scalars
 from titanax.runtime.optim import is_gradient_transformation
+from titanax.runtime.profile import Profile
 from titanax.runtime.state import TrainState
 
 if TYPE_CHECKING:
@@ -337,6 +338,7 @@ class Engine:
         progress: bool = True,
         resume: bool = False,
         tokens_per_sample: int | None = None,
+        profile: Profile | None = None,
     ) -> TrainState:
         """Train until the host step reaches ``steps``; return the final state.
 
@@ -357,6 +359,7 @@ class Engine:
             progress=progress,
             resume=resume,
             tokens_per_sample=tokens_per_sample,
+            profile=profile,
         )
 
     def _master_dtype(self, dtype: Any) -> Any:

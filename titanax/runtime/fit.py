@@ -32,6 +32,7 @@ from titanax.runtime.checkpoint import NonFiniteStateError
 from titanax.runtime.data import PerProcess
 from titanax.runtime.loggers import Basic, host_scalars
 from titanax.runtime.optim import learning_rate
+from titanax.runtime.profile import Profile, ProfileWindow
 from titanax.runtime.state import TrainState
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ def fit(
     progress: bool = True,
     resume: bool = False,
     tokens_per_sample: int | None = None,
+    profile: Profile | None = None,
 ) -> TrainState:
     """Train ``state`` with ``step_fn`` on ``data`` until ``engine.host_step == steps``.
 
@@ -219,6 +221,7 @@ def fit(
       the smallest ``every`` of the engine's loggers, else 100).
     - ``progress``: show a progress bar (process 0 only).
     - ``resume``: restore the newest complete checkpoint first, if there is one.
+    - ``profile``: a :class:`~titanax.runtime.profile.Profile`: trace those steps with ``jax.profiler``.
     """
     from titanax.runtime.step_fn import StepFn
 
@@ -245,6 +248,12 @@ def fit(
     _positive("eval_every", eval_every, optional=True)
     _positive("log_every", log_every, optional=True)
     _positive("tokens_per_sample", tokens_per_sample, optional=True)
+    if profile is not None and not isinstance(profile, Profile):
+        raise TrainingError.single(
+            "TX720",
+            f"fit(profile=...) takes a tx.Profile, got {type(profile).__name__}",
+            'profile=tx.Profile("runs/trace", first=10)',
+        )
     if eval_every is not None and eval_fn is None:
         raise TrainingError.single("TX720", "fit(eval_every=...) was given without an eval_fn", "pass eval_fn=...")
     if resume and engine.checkpoint is None:
@@ -278,12 +287,15 @@ def fit(
     bar = _progress_bar(progress, steps, min(engine.host_step, steps), engine.loggers)
     window_start, window_steps, window_examples = time.perf_counter(), 0, 0
     previous: Any = None
+    window = ProfileWindow(profile)
     try:
         while engine.host_step < steps:
             batch = next_batch(engine.data_position)
             engine.data_position += 1
             before = engine.host_step
+            window.before_step(before + 1)
             state, metrics = step_fn.run(state, batch)
+            window.after_step(before + 1, metrics)
             if engine.host_step == before:
                 raise TrainingError.single(
                     "TX720",
@@ -332,6 +344,7 @@ def fit(
         watch.check()
     except BaseException as stopped:
         bar.close()
+        window.stop()  # a trace that was running is written, up to where training stopped
         # Let pending saves finish, but report the error that stopped training, not theirs.
         if engine._checkpointer is not None:
             try:
@@ -347,6 +360,7 @@ def fit(
                 pass
         raise
     bar.close()
+    window.stop()  # a last step before the profile's last one (steps < last) still ends the trace
     if engine._checkpointer is not None:
         engine._checkpointer.wait()
     return state
