@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +26,7 @@ from tqdm import tqdm
 from titanax.errors import TrainingError
 from titanax.runtime.distributed import ENV_PROCESS_ID
 
-__all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard", "host_scalars", "scalar_metrics"]
+__all__ = ["CSV", "JSONL", "Basic", "Logger", "TensorBoard", "WandB", "host_scalars", "scalar_metrics"]
 
 _INT64 = 2**63
 """TensorBoard event files store a step as a signed 64-bit integer."""
@@ -485,3 +485,44 @@ class TensorBoard:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+class WandB:
+    """Send each logged step's metrics to Weights & Biases (``wandb.init`` then ``run.log(metrics, step=step)``).
+
+    Needs the optional extra: ``pip install "titanax[wandb]"``. Only process 0 logs. The keyword
+    arguments go to ``wandb.init``: ``mode="offline"`` writes the run under ``dir`` without a
+    network, to upload later with ``wandb sync``. Example::
+
+        tx.loggers.WandB(project="gpt-small", name="dp_tp", config={"lr": 3e-3}, every=10)
+    """
+
+    def __init__(self, *, project: str | None = None, every: int = 1, **init_kwargs: Any):
+        self.every = _check_every("WandB", every)
+        # Imported here so that `import titanax` works, and stays fast, without wandb.
+        try:
+            import wandb
+        except ImportError as error:
+            raise ImportError('tx.loggers.WandB needs wandb: pip install "titanax[wandb]"') from error
+        self._active = _on_process_zero()
+        self._run = wandb.init(project=project, **init_kwargs) if self._active else None
+        self._closed = False
+
+    @property
+    def run(self) -> Any:
+        """The ``wandb`` run (``None`` on processes other than 0)."""
+        return self._run
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Log ``metrics`` at ``step`` (W&B needs steps that never decrease)."""
+        if not self._active:
+            return
+        _check_open("WandB", None if self._closed else self._run, step, Path(str(getattr(self._run, "dir", "wandb"))))
+        values = {name: _number("WandB", step, name, metrics[name]) for name in sorted(metrics)}
+        self._run.log(values, step=int(step))
+
+    def close(self) -> None:
+        """Finish the run (it is uploaded, or kept on disk in offline mode)."""
+        if self._run is not None and not self._closed:
+            self._closed = True
+            self._run.finish()
