@@ -179,3 +179,46 @@ def test_launch_from_another_thread_still_stops_every_rank():
     worker.start()
     worker.join(timeout=30)
     assert results and (results[0].status, results[0].failed_rank) == (2, 0)
+
+
+SLURM_PROBE = """
+import json, titanax as tx
+joined = tx.distributed.initialize(timeout_s=60)
+import jax
+print(json.dumps({"joined": joined, "processes": jax.process_count(), "rank": jax.process_index(), "devices": len(jax.devices())}))
+"""
+
+
+def free_slurm_port():
+    """A free port in the range JAX derives SLURM coordinator ports from (SLURM_JOB_ID % 4096 + 61440)."""
+    import socket
+
+    for port in range(65535, 61440, -1):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in JAX's SLURM range")
+
+
+def test_a_slurm_job_is_joined_from_its_environment():
+    # Two tasks of one SLURM job step on this machine, as `srun --ntasks=2` would start them.
+    port = free_slurm_port()
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in env_with_devices(2).items() if not k.startswith(("TITANAX_", "SLURM_", "OMPI_"))}
+        env |= {
+            "SLURM_JOB_ID": str(port - 61440 + 4096 * 7),
+            "SLURM_NTASKS": "2",
+            "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": str(rank),
+            "SLURM_STEP_NODELIST": "localhost",
+            "SLURM_STEP_NUM_NODES": "1",
+        }
+        procs.append(subprocess.Popen([sys.executable, "-c", SLURM_PROBE], env=env, stdout=subprocess.PIPE, text=True))
+    outputs = [json.loads(p.communicate(timeout=180)[0].strip().splitlines()[-1]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert [o["rank"] for o in outputs] == [0, 1]
+    assert all(o["joined"] and o["processes"] == 2 and o["devices"] == 4 for o in outputs)
