@@ -147,3 +147,17 @@ def gpt_pipeline_step(state, batch):
     plan says, or the blocks run in order (under the plan's remat policy) without a pipeline."""
     loss, grads = tx.pipeline.value_and_grad(nn.GPT_PIPELINE, state.params, batch)
     return state.apply_gradients(grads=grads), {"loss": loss}
+
+
+def train_against_gpt_reference(step, state, params, batches, lr):
+    """Run ``step`` over ``batches`` from ``state``; its losses and final parameters must equal plain SGD on
+    the stacked GPT's single-device reference within 1e-5 relative. Returns the final state."""
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    layers = jax.tree.leaves(params["blocks"])[0].shape[0]
+    ref_losses, ref_params = sgd_reference(stacked_gpt_reference(layers), params, batches, lr)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
+    return state

@@ -31,16 +31,13 @@ def engine():
     )
 
 
-def test_fit_traces_the_chosen_steps(tmp_path):
+def fit_with(profile, steps):
     e = engine()
-    e.fit(
-        train_step,
-        batches(),
-        steps=5,
-        progress=False,
-        state=e.create_state(init_mlp()),
-        profile=tx.Profile(tmp_path, 2, 3),
-    )
+    e.fit(train_step, batches(), steps=steps, progress=False, state=e.create_state(init_mlp()), profile=profile)
+
+
+def test_fit_traces_the_chosen_steps(tmp_path):
+    fit_with(tx.Profile(tmp_path, 2, 3), steps=5)
     planes = list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
     traces = list(tmp_path.glob("plugins/profile/*/*.trace.json.gz"))
     assert len(planes) == 1 and planes[0].stat().st_size > 0 and len(traces) == 1
@@ -50,15 +47,7 @@ def test_fit_traces_the_chosen_steps(tmp_path):
 
 
 def test_a_run_that_ends_before_the_last_step_still_writes_the_trace(tmp_path):
-    e = engine()
-    e.fit(
-        train_step,
-        batches(),
-        steps=3,
-        progress=False,
-        state=e.create_state(init_mlp()),
-        profile=tx.Profile(tmp_path, 3, 9),
-    )
+    fit_with(tx.Profile(tmp_path, 3, 9), steps=3)
     assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
 
 
