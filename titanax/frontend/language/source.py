@@ -16,15 +16,15 @@ MAX_SOURCE_BYTES = 16 * 1024 * 1024
 """Largest plan file read; a plan is a few hundred bytes, so anything near this is a mistake."""
 
 
-def oversize_error(path: str, size: int | None) -> ParseError:
-    """TX604 for a plan over :data:`MAX_SOURCE_BYTES`: ``size`` bytes, or ``None`` for a stream that
-    gave more than the limit (its size is not known)."""
+def oversize_error(path: str, size: int | None, what: str = "plan file") -> ParseError:
+    """TX604 for a plan (or another input named ``what``) over :data:`MAX_SOURCE_BYTES`: ``size``
+    bytes, or ``None`` for a stream that gave more than the limit (its size is not known)."""
     amount = f"is {size} bytes" if size is not None else f"gives more than {MAX_SOURCE_BYTES} bytes"
     return ParseError(
         Diagnostic(
             code="TX604",
-            message=f"{path} {amount}; plan files are limited to {MAX_SOURCE_BYTES} bytes",
-            hint=f"is this the right {'file' if size is not None else 'input'}? a plan is a few lines of text",
+            message=f"{path} {amount}; {what}s are limited to {MAX_SOURCE_BYTES} bytes",
+            hint=f"is this the right {'file' if size is not None else 'input'}? a {what} is a few lines of text",
             location=Location(path=path, line=1, column=1),
         )
     )
@@ -116,7 +116,7 @@ def _check_regular(path: str, info: os.stat_result, what: str) -> None:
             path, f"it is {_kind(info.st_mode)}, not a regular file", f"give the path of a {what} on disk", what
         )
     if info.st_size > MAX_SOURCE_BYTES:
-        raise oversize_error(path, info.st_size)
+        raise oversize_error(path, info.st_size, what)
 
 
 def read_bounded(stream: BinaryIO, name: str) -> SourceFile:
