@@ -218,11 +218,14 @@ class Schedule:
         cell, row, left, top = 28, 36, 70, 40
         kinds = [k for k in ("F", "B", "W") if any(op.kind == k for op in self.ops)] or ["F"]
         band = (row - 6) / len(kinds)
-        width, height = left + self.ticks * cell + 20, top + self.stages * row + 40
+        title = self.summary(recompute)
+        # Wide enough for the title line too (about 6 pixels per character of the 10-pixel monospace font).
+        width = max(left + self.ticks * cell + 20, left + int(6.2 * len(title)) + 20)
+        height = top + self.stages * row + 40
         colours = {"F": ("#4c8bf5", "#1b4fa8"), "B": ("#f5a742", "#a8641b"), "W": ("#5cb85c", "#2e6b2e")}
         parts = [
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="monospace" font-size="10">',
-            f'<text x="{left}" y="20">{self.summary(recompute)}</text>',
+            f'<text x="{left}" y="20">{title}</text>',
         ]
         for stage in range(self.stages):
             y = top + stage * row
