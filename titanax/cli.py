@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from titanax import __version__
-from titanax.errors import MeshError, ParseError, PlanError, StepFnError, TitanaxError
+from titanax.errors import MeshError, ParseError, PlanError, StepFnError, TitanaxError, TrainingError
 from titanax.frontend import DP, MeshSpec, Plan
 from titanax.frontend.bounds import MAX_DEVICES, shown
 from titanax.frontend.language import format_plan, parse
@@ -166,8 +167,8 @@ def _model_paths(loaded: LoadedPlan, entry: str, model_path: list[str] | None) -
     return [str(root)] if root is not None else []
 
 
-def _workload_state(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None = None):
-    """Build the Engine for the plan and lay out the model's parameters: ``(workload, state)``."""
+def _workload_engine(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None = None):
+    """Import the model's workload and build the Engine for the plan: ``(workload, engine)``."""
     if devices is not None and "jax" not in sys.modules:
         # On CPU, simulate the devices the plan needs (ignored by GPU and TPU backends).
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
@@ -175,8 +176,38 @@ def _workload_state(loaded: LoadedPlan, entry: str, devices: int | None, model_p
 
     location = loaded.model_location if entry == loaded.model else None
     workload = load_workload(entry, location, paths=_model_paths(loaded, entry, model_path))
-    engine = Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=workload.optimizer)
+    return workload, Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=workload.optimizer)
+
+
+def _workload_state(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None = None):
+    """Build the Engine for the plan and lay out the model's parameters: ``(workload, state)``."""
+    workload, engine = _workload_engine(loaded, entry, devices, model_path)
     return workload, engine.create_state(workload.params)
+
+
+_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_SIZE_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def _parse_size(text: str) -> int:
+    """``80GiB``, ``80GB``, ``1.5e9`` as bytes; TX720 for anything else."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?(?:e[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _SIZE_UNITS:
+        raise TrainingError.single(
+            "TX720", f"--device-memory {text!r} is not a size", "write it as 80GiB, 80GB or a number of bytes"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _memory(loaded: LoadedPlan, args: argparse.Namespace) -> int:
+    """Print the step's per-device memory from an ahead-of-time compile; 1 when it does not fit ``--device-memory``."""
+    budget = _parse_size(args.device_memory) if args.device_memory is not None else None
+    entry = _model_entry(loaded, args.model or "")
+    workload, engine = _workload_engine(loaded, entry, args.devices, args.model_path)
+    estimate = engine.memory_estimate(workload.step, workload.params, workload.batch)
+    sys.stdout.write(f"{loaded.path}: {engine.device_count} devices\n" + estimate.report(budget))
+    return 1 if budget is not None and not estimate.fits(budget) else 0
 
 
 def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None) -> PlanIR:
@@ -212,6 +243,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 def _cmd_compile(args: argparse.Namespace) -> int:
     loaded = _load(args.file, args)
+    if args.memory or args.device_memory is not None:
+        return _memory(loaded, args)
     if args.model is not None:
         ir = _trace_model(loaded, _model_entry(loaded, args.model), args.devices, args.model_path)
     else:
@@ -416,6 +449,17 @@ def _parser() -> argparse.ArgumentParser:
         help="import this tx.Workload entry point (or, with no value, the file's model statement), lay out its "
         "parameters and trace its step, so the IR lists every collective with its bytes per step (imports JAX "
         "and RUNS the model module's code: use it only on code you trust)",
+    )
+    compile_.add_argument(
+        "--memory",
+        action="store_true",
+        help="compile the model's step ahead of time (the --model entry point, or the file's model statement) and "
+        "print its per-device memory, allocating nothing on the devices",
+    )
+    compile_.add_argument(
+        "--device-memory",
+        metavar="SIZE",
+        help="with --memory: say whether the step fits in SIZE per device (80GiB, 80GB, bytes); exit 1 if not",
     )
     _add_model_path_flag(compile_)
     _add_pipeline_flags(compile_)

@@ -253,6 +253,10 @@ class CompiledStep:
             signature = (treedef, tuple(x.shape for x in leaves))
             if signature in self._checked_batches:
                 return batch
+        if leaves and all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
+            # An abstract batch (ahead-of-time compilation, memory estimates): checked, never placed.
+            self._check_batch(batch)
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.batch_sharding), batch)
         shapes = global_shapes(batch)
         leaves, treedef = jax.tree.flatten(shapes)
         signature = (treedef, tuple(x.shape for x in leaves))

@@ -33,6 +33,7 @@ from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
 from titanax.runtime.layer_order import BlockOrder, BlockPadding
 from titanax.runtime.loggers import Logger, host_scalars
+from titanax.runtime.memory import estimate_memory
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.profile import Profile
 from titanax.runtime.state import TrainState
@@ -258,6 +259,63 @@ class Engine:
         state = TrainState(step=step, params=params, opt_state=opt_state, rng=rng, loss_scale=loss_scale, engine=self)
         self.last_state = state
         return state
+
+    def abstract_state(self, params: Any, *, stacked: str | tuple[str, ...] = ()) -> TrainState:
+        """The state :meth:`create_state` would make, as shapes, dtypes and shardings only.
+
+        Nothing is placed on a device: ``params`` may be arrays or ``jax.ShapeDtypeStruct`` s.
+        Steps lower and compile on it (``step.lower(state, batch)`` with a batch of
+        ``ShapeDtypeStruct`` s), which is how :meth:`memory_estimate` prices a plan before
+        anything is allocated. Like ``create_state`` it resolves the layouts (errors included)
+        and makes them the engine's.
+        """
+        _check_trainable(params)
+        stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
+        resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
+        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(x.shape), self._master_dtype(x.dtype)), params)
+        if self.block_padding is not None and isinstance(shapes, dict) and self._blocks_entry in shapes:
+            rows = self.block_padding.rows * len(self.block_padding.counts)  # stored padded, as create_state does
+            shapes = {
+                **shapes,
+                self._blocks_entry: jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype), shapes[self._blocks_entry]
+                ),
+            }
+        specs = param_specs(self.ir, shapes)
+
+        def placed(x: Any, spec: P) -> jax.ShapeDtypeStruct:
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(self.mesh, spec))
+
+        params_abs = jax.tree.map(placed, shapes, specs)
+        opt_shapes = jax.eval_shape(self.optimizer.init, params_abs)
+        opt_specs = optimizer_state_specs(opt_shapes, params_abs, specs)
+        opt_abs = jax.tree.map(placed, opt_shapes, opt_specs, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        step = placed(jax.ShapeDtypeStruct((), jnp.int32), P())
+        rng = placed(jax.ShapeDtypeStruct((2,), jnp.uint32), replicated_spec(1))
+        policy = self.plan_ir.precision()
+        loss_scale = None
+        if policy is not None and policy.loss_scaling == "dynamic":
+            initial = LossScale.initial(policy.loss_scale_init)
+            loss_scale = jax.tree.map(lambda x: placed(jax.ShapeDtypeStruct(x.shape, x.dtype), P()), initial)
+        self.state_specs = TrainState(
+            step=P(),
+            params=specs,
+            opt_state=opt_specs,
+            rng=P(),
+            loss_scale=None if loss_scale is None else LossScale(scale=P(), good_steps=P()),
+            engine=self,
+        )
+        self.layout_version += 1
+        return TrainState(step=step, params=params_abs, opt_state=opt_abs, rng=rng, loss_scale=loss_scale, engine=self)
+
+    def memory_estimate(self, step: StepFn, params: Any, batch: Any, *, stacked: str | tuple[str, ...] = ()) -> Any:
+        """Per-device bytes the plan needs for ``step`` on ``params`` and ``batch``, before anything is allocated.
+
+        Compiles the step ahead of time on :meth:`abstract_state` and the batch's shapes and reads
+        XLA's ``memory_analysis``: see :class:`~titanax.runtime.memory.MemoryEstimate`.
+        """
+        return estimate_memory(self, step, params, batch, stacked=stacked)
 
     # -- checkpoints -------------------------------------------------------
     @property
