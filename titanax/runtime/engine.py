@@ -213,11 +213,8 @@ class Engine:
 
         ``seed`` makes the state's RNG key (see :meth:`TrainState.rng_key`).
         """
-        _check_trainable(params)
-        stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
         # Layouts first: a rule that does not fit is reported before any array is copied or compiled.
-        resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
-        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
+        self._resolve_layouts(params, stacked)
         # A real copy, with an explicit dtype: device_put(may_alias=False) still reuses an
         # uncommitted array's buffer for a multi-device sharding (seen with jax 0.10.2), and
         # donation would then delete the caller's array. The explicit dtype drops JAX's
@@ -247,18 +244,29 @@ class Engine:
             loss_scale = jax.tree.map(lambda x: place_global(x, replicated), LossScale.initial(policy.loss_scale_init))
         self.host_step = 0
         self.data_position = 0
+        self._adopt_layouts(specs, opt_specs, loss_scale is not None)
+        state = TrainState(step=step, params=params, opt_state=opt_state, rng=rng, loss_scale=loss_scale, engine=self)
+        self.last_state = state
+        return state
+
+    def _resolve_layouts(self, params: Any, stacked: str | tuple[str, ...]) -> None:
+        """Check the parameters are trainable and resolve their layouts into ``self.ir`` (errors included)."""
+        _check_trainable(params)
+        stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
+        resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
+        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
+
+    def _adopt_layouts(self, specs: Any, opt_specs: Any, loss_scaled: bool) -> None:
+        """Make these the specs of the engine's state, so compiled steps rebuild for the new layouts."""
         self.state_specs = TrainState(
             step=P(),
             params=specs,
             opt_state=opt_specs,
             rng=P(),
-            loss_scale=None if loss_scale is None else LossScale(scale=P(), good_steps=P()),
+            loss_scale=LossScale(scale=P(), good_steps=P()) if loss_scaled else None,
             engine=self,
         )
         self.layout_version += 1
-        state = TrainState(step=step, params=params, opt_state=opt_state, rng=rng, loss_scale=loss_scale, engine=self)
-        self.last_state = state
-        return state
 
     def abstract_state(self, params: Any, *, stacked: str | tuple[str, ...] = ()) -> TrainState:
         """The state :meth:`create_state` would make, as shapes, dtypes and shardings only.
@@ -269,10 +277,7 @@ class Engine:
         anything is allocated. Like ``create_state`` it resolves the layouts (errors included)
         and makes them the engine's.
         """
-        _check_trainable(params)
-        stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
-        resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
-        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
+        self._resolve_layouts(params, stacked)
         shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(tuple(x.shape), self._master_dtype(x.dtype)), params)
         if self.block_padding is not None and isinstance(shapes, dict) and self._blocks_entry in shapes:
             rows = self.block_padding.rows * len(self.block_padding.counts)  # stored padded, as create_state does
@@ -298,15 +303,7 @@ class Engine:
         if policy is not None and policy.loss_scaling == "dynamic":
             initial = LossScale.initial(policy.loss_scale_init)
             loss_scale = jax.tree.map(lambda x: placed(jax.ShapeDtypeStruct(x.shape, x.dtype), P()), initial)
-        self.state_specs = TrainState(
-            step=P(),
-            params=specs,
-            opt_state=opt_specs,
-            rng=P(),
-            loss_scale=None if loss_scale is None else LossScale(scale=P(), good_steps=P()),
-            engine=self,
-        )
-        self.layout_version += 1
+        self._adopt_layouts(specs, opt_specs, loss_scale is not None)
         return TrainState(step=step, params=params_abs, opt_state=opt_abs, rng=rng, loss_scale=loss_scale, engine=self)
 
     def memory_estimate(self, step: StepFn, params: Any, batch: Any, *, stacked: str | tuple[str, ...] = ()) -> Any:
