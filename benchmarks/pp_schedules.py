@@ -99,21 +99,15 @@ def cell_flops(params: dict, mb: dict, remat: str) -> dict:
     x = jnp.zeros(x.shape, x.dtype)
     costs = {}
     for kind in ("first", "middle", "last"):
-
-        def forward(o, b, x, mb, kind=kind):
-            fn = apply_remat(stage_function(kind, first, unrolled, last, mb), remat)
-            out, pullback = jax.vjp(fn, *stage_primals(kind, o, b, x))
-            return out, jax.tree.leaves(pullback)  # the residuals are outputs: nothing is dead
-
         captured = {}
 
-        def probe(o, b, x, mb, kind=kind, captured=captured):
+        def forward(o, b, x, mb, kind=kind, captured=captured):
             fn = apply_remat(stage_function(kind, first, unrolled, last, mb), remat)
             out, pullback = jax.vjp(fn, *stage_primals(kind, o, b, x))
             leaves, captured["treedef"] = jax.tree.flatten(pullback)
-            return out, leaves
+            return out, leaves  # the residuals are outputs: nothing is dead
 
-        out, leaves = jax.eval_shape(probe, others, blocks, x, mb)
+        out, leaves = jax.eval_shape(forward, others, blocks, x, mb)
         treedef = captured["treedef"]
 
         def backward(leaves, g, treedef=treedef):

@@ -49,14 +49,6 @@ class StageSplit:
         """Rows of the stored (padded) stack: ``stages * rows``."""
         return self.stages * self.rows
 
-    def starts(self) -> tuple[int, ...]:
-        """The model layer each stage starts at."""
-        out, at = [], 0
-        for count in self.counts:
-            out.append(at)
-            at += count
-        return tuple(out)
-
 
 def stage_split(ir: PlanIR) -> StageSplit | None:
     """The split the stage lines give, or ``None`` when the plan has no pipeline or no stage ranges

@@ -120,10 +120,8 @@ class BlockPadding:
     def __init__(self, axis: str, counts: tuple[int, ...]):
         self.axis, self.counts = axis, counts
         self.rows = max(counts)
-        starts = np.cumsum((0, *counts[:-1]))
         # Stored row of each model layer, in model order.
         self.stored_rows = np.concatenate([s * self.rows + np.arange(n) for s, n in enumerate(counts)])
-        self.model_starts = starts
 
     def to_storage_host(self, stack: Any) -> Any:
         """A host (unplaced) stack of ``sum(counts)`` layers, padded to ``stages * rows``."""
