@@ -20,7 +20,7 @@ from titanax.errors import (
     TitanaxError,
     TrainingError,
 )
-from titanax.frontend import DP, PP, TP, Activations, MeshSpec, Plan, Precision, Rule, Stage
+from titanax.frontend import DP, FSDP, PP, TP, Activations, MeshSpec, Plan, Precision, Rule, Stage
 from titanax.loader import LoadedPlan, load_plan
 
 # The runtime imports JAX; load it on first use so that the CLI and the
@@ -83,6 +83,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "Activations",
+    "FSDP",
     "Precision",
     "Rule",
     "Stage",

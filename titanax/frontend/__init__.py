@@ -7,6 +7,7 @@ is reported at once. Nothing here imports JAX.
 """
 
 from titanax.frontend.activations import Activations
+from titanax.frontend.fully_sharded import FSDP, FSDP_STAGES, FSDPRule
 from titanax.frontend.mesh_spec import MeshSpec
 from titanax.frontend.pipeline import PP, REMAT_POLICIES, SCHEDULES, LayerRange, Stage, parse_layer
 from titanax.frontend.plan import DP, Plan
@@ -17,6 +18,9 @@ __all__ = [
     "DP",
     "Activations",
     "DTYPES",
+    "FSDP",
+    "FSDP_STAGES",
+    "FSDPRule",
     "PP",
     "ROLES",
     "REMAT_POLICIES",

@@ -32,6 +32,7 @@ __all__ = ["Override", "apply_overrides", "parse_set"]
 # Settings each statement takes from an override, and the kind of value each is.
 _SETTINGS: dict[str, dict[str, str]] = {
     "data_parallel": {"accumulate_steps": "int"},
+    "fully_sharded": {"stage": "int", "min_size": "int", "reshard_after_forward": "bool", "accumulate_steps": "int"},
     "tensor_parallel": {"sequence_parallel": "bool"},
     "pipeline": {
         "microbatches": "int",
@@ -52,7 +53,7 @@ _SETTINGS: dict[str, dict[str, str]] = {
     "activations": {"remat": "name"},
 }
 _FIELDS = {"data_parallel": "data_parallel", "tensor_parallel": "tensor_parallel", "pipeline": "pipeline_parallel"}
-_FIELDS |= {"precision": "precision", "activations": "activations"}
+_FIELDS |= {"precision": "precision", "activations": "activations", "fully_sharded": "fully_sharded"}
 _INT = re.compile(r"-?[0-9]+")
 _NUMBER = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 

@@ -8,6 +8,7 @@ from titanax.errors import Location, PlanError
 from titanax.frontend.activations import Activations
 from titanax.frontend.axes import axes_tuple
 from titanax.frontend.bounds import MAX_MICROBATCHES, shown
+from titanax.frontend.fully_sharded import FSDP
 from titanax.frontend.pipeline import PP
 from titanax.frontend.precision import Precision
 from titanax.frontend.tensor_parallel import TP
@@ -75,6 +76,8 @@ class Plan:
     """Mixed-precision policy, or ``None`` to compute in the parameters' own dtype."""
     activations: Activations | None = None
     """What the stacked blocks keep for their backward (a remat policy), or ``None`` to keep everything."""
+    fully_sharded: FSDP | None = None
+    """Fully sharded data parallelism (ZeRO 1, 2 or 3), or ``None`` to keep every replica whole."""
 
     def __post_init__(self) -> None:
         expected = (
@@ -83,6 +86,7 @@ class Plan:
             ("pipeline_parallel", PP, 'tx.PP(axis="pipe", microbatches=8)'),
             ("precision", Precision, 'tx.Precision(compute="bfloat16")'),
             ("activations", Activations, 'tx.Activations(remat="dots")'),
+            ("fully_sharded", FSDP, 'tx.FSDP(axis="fsdp", stage=3)'),
         )
         for name, cls, example in expected:
             value = getattr(self, name)
@@ -92,6 +96,14 @@ class Plan:
                     f"Plan({name}=...) must be a tx.{cls.__name__}, got {type(value).__name__}",
                     f"write tx.Plan({name}={example})",
                 )
+        dp, fsdp = self.data_parallel, self.fully_sharded
+        if dp is not None and fsdp is not None and dp.accumulate_steps > 1 and fsdp.accumulate_steps > 1:
+            raise PlanError.single(
+                "TX204",
+                f"both data parallelism (accumulate_steps = {dp.accumulate_steps}) and FSDP (accumulate_steps = "
+                f"{fsdp.accumulate_steps}) set accumulate_steps",
+                "give accumulate_steps once, on either",
+            )
         pp, policy = self.pipeline_parallel, self.activations
         if pp is not None and policy is not None and pp.remat != "none" and pp.remat != policy.remat:
             raise PlanError.single(

@@ -18,6 +18,7 @@ from titanax.ir.nodes import (
     CollectiveNode,
     DataParallelNode,
     EdgeKind,
+    FullyShardedNode,
     MeshNode,
     Node,
     PipelineParallelNode,
@@ -137,6 +138,21 @@ def build_ir(mesh: MeshSpec, plan: Plan) -> PlanIR:
     _build_mesh(ir, mesh)
     if plan.data_parallel is not None:
         _build_data_parallel(ir, plan.data_parallel)
+    if plan.fully_sharded is not None:
+        fsdp = plan.fully_sharded
+        _add(
+            ir,
+            "fsdp",
+            FullyShardedNode(
+                axes=fsdp.axes,
+                stage=fsdp.stage,
+                min_size=fsdp.min_size,
+                reshard_after_forward=fsdp.reshard_after_forward,
+                accumulate_steps=fsdp.accumulate_steps,
+                rules=tuple((rule.pattern, rule.dim) for rule in fsdp.rules),
+                location=fsdp.location,
+            ),
+        )
     if plan.tensor_parallel is not None:
         _build_tensor_parallel(ir, plan.tensor_parallel)
     if plan.pipeline_parallel is not None:

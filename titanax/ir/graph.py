@@ -28,6 +28,7 @@ from titanax.ir.nodes import (
     CollectiveNode,
     DataParallelNode,
     EdgeKind,
+    FullyShardedNode,
     MeshNode,
     Node,
     NodeKind,
@@ -245,6 +246,20 @@ class PlanIR:
     def data_parallel(self) -> DataParallelNode | None:
         """The data-parallel dimension, if the plan has one."""
         return next((node for _, node in self.items(DataParallelNode)), None)
+
+    def fully_sharded(self) -> FullyShardedNode | None:
+        """The fully sharded data-parallel dimension, if the plan has one."""
+        return next((node for _, node in self.items(FullyShardedNode)), None)
+
+    def batch_axes(self) -> tuple[str, ...]:
+        """Every axis the batch is split over: the data-parallel axes, then the FSDP axes."""
+        dp, fsdp = self.data_parallel(), self.fully_sharded()
+        return (dp.axes if dp else ()) + (fsdp.axes if fsdp else ())
+
+    def accumulate_steps(self) -> int:
+        """Microbatches per device per step (data parallelism's, else FSDP's; 1 without either)."""
+        dp, fsdp = self.data_parallel(), self.fully_sharded()
+        return dp.accumulate_steps if dp and dp.accumulate_steps > 1 else (fsdp.accumulate_steps if fsdp else 1)
 
     def tensor_parallel(self) -> TensorParallelNode | None:
         """The tensor-parallel dimension, if the plan has one."""

@@ -17,6 +17,7 @@ __all__ = [
     "Cadence",
     "CollectiveNode",
     "DataParallelNode",
+    "FullyShardedNode",
     "EdgeKind",
     "MeshNode",
     "Node",
@@ -69,6 +70,20 @@ class Operand(StrEnum):
     """A value of the user's forward computation (a traced collective)."""
     COTANGENTS = "cotangents"
     """A value of the backward computation autodiff derived from the user's code (a traced collective)."""
+    FSDP_PARAMS = "fsdp_params"
+    """Stage 3: parameter shards gathered whole over the FSDP axes before the forward, once per step."""
+    FSDP_UPDATED_PARAMS = "fsdp_updated_params"
+    """Stages 1 and 2: the shards the optimizer updated, gathered whole (replicated) over the FSDP axes."""
+    FSDP_GRADS = "fsdp_grads"
+    """Gradients of sharded parameters reduce-scattered (mean) over the FSDP axes into shards."""
+    FSDP_WHOLE_GRADS = "fsdp_whole_grads"
+    """Gradients of the parameters FSDP keeps whole (below ``min_size``), all-reduced (mean) over the FSDP axes."""
+    FSDP_LAYER_PARAMS = "fsdp_layer_params"
+    """Stage 3: one stacked layer's parameter shards gathered whole just before its forward."""
+    FSDP_LAYER_PARAMS_AGAIN = "fsdp_layer_params_again"
+    """Stage 3: one stacked layer's parameter shards gathered again for its backward (``reshard_after_forward``)."""
+    FSDP_LAYER_GRADS = "fsdp_layer_grads"
+    """Stage 3: one stacked layer's gradients reduce-scattered (mean) into shards in its backward."""
 
 
 class Cadence(StrEnum):
@@ -80,6 +95,8 @@ class Cadence(StrEnum):
     """Once per accumulation microbatch (inside the accumulation loop)."""
     TICK = "tick"
     """Once per pipeline tick (inside the loop over the schedule's ticks)."""
+    LAYER = "layer"
+    """Once per stacked layer in each pass over the layers that needs it (FSDP stage 3)."""
     TRACED = "traced"
     """As often as the loops around it in the traced step run (user code: loops over layers, ticks...)."""
 
@@ -169,6 +186,30 @@ class DataParallelNode(Node):
     type_name = "parallel_dim.data"
     axes: tuple[str, ...]
     accumulate_steps: int = 1
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """The node's ``axes``."""
+        return self.axes
+
+
+@dataclass(frozen=True, kw_only=True)
+class FullyShardedNode(Node):
+    """Fully sharded data parallelism over ``axes``: batch split as under DP; the optimizer state
+    (stage 1), also the gradients (2) and also the parameters (3) split over ``axes``."""
+
+    kind = NodeKind.PARALLEL_DIM
+    type_name = "parallel_dim.fully_sharded"
+    axes: tuple[str, ...]
+    stage: int = 3
+    min_size: int = 1024
+    """Parameters with fewer elements stay whole."""
+    reshard_after_forward: bool = True
+    """Stage 3: gather each layer again for its backward rather than keep it from the forward."""
+    accumulate_steps: int = 1
+    """Microbatches per device per step (as data parallelism's)."""
+    rules: tuple[tuple[str, int | None], ...] = ()
+    """``(pattern, dimension or none)`` overriding the chosen shard dimension, in written order."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -283,6 +324,12 @@ class ParamNode(Node):
     """Partition spec, one entry per dimension (``none`` = whole)."""
     local_shape: tuple[int, ...]
     """Shape of the shard each device holds."""
+    fsdp_dim: int | None = None
+    """The dimension split over the FSDP axes (of the stored shape; ``none``: whole). Under stage 3
+    the spec splits it too; under stages 1 and 2 only the gradients and optimizer state are split."""
+    fsdp_gather: str | None = None
+    """Stage 3: ``layer`` (a stacked layer, gathered inside the scan over layers) or ``step`` (gathered
+    once per step); ``none`` otherwise."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:

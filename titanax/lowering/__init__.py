@@ -18,17 +18,25 @@ from titanax.lowering.collectives import (
     varying_axes,
 )
 from titanax.lowering.context import StepContext, StepState, TraceRecorder, active_step_context
+from titanax.lowering.fully_sharded import FSDPPlan
 from titanax.lowering.hlo import HloCollective, collectives_in_hlo, mesh_axes_of, shape_bytes
 from titanax.lowering.loss_scale import LossScale, nonfinite_count
 from titanax.lowering.mesh import available_devices, make_jax_mesh
 from titanax.lowering.placement import PerProcess, global_shapes, place_global, place_global_batch
 from titanax.lowering.report import StepReport
-from titanax.lowering.sharding import optimizer_state_specs, param_paths_and_shapes, param_specs, path_text
+from titanax.lowering.sharding import (
+    optimizer_state_specs,
+    param_paths_and_shapes,
+    param_specs,
+    path_text,
+    update_specs,
+)
 from titanax.lowering.step import CompiledStep, replicated_spec
 from titanax.lowering.step_plan import PipelinePlan, StepPlan
 from titanax.lowering.trace import check_emitted, traced_collectives
 
 __all__ = [
+    "FSDPPlan",
     "AuditRow",
     "CollectiveAudit",
     "audit_collectives",
@@ -61,6 +69,7 @@ __all__ = [
     "optimizer_state_specs",
     "param_paths_and_shapes",
     "param_specs",
+    "update_specs",
     "path_text",
     "replicated_spec",
     "shape_bytes",

@@ -20,7 +20,7 @@ import jax
 from jax import lax
 
 from titanax.errors import Diagnostic, IRVerificationError
-from titanax.ir import CollectiveNode
+from titanax.ir import CollectiveNode, Operand
 
 __all__ = [
     "TITANAX_SCOPE",
@@ -28,6 +28,7 @@ __all__ = [
     "collective_scope",
     "emit",
     "ensure_varying",
+    "ensure_varying_tree",
     "make_varying",
     "node_id_of_scope",
     "varying_axes",
@@ -66,8 +67,10 @@ def _not_lowerable(node_id: str, node: CollectiveNode) -> IRVerificationError:
     )
 
 
-def _emit_leaf(node_id: str, node: CollectiveNode, x: Any) -> Any:
+def _emit_leaf(node_id: str, node: CollectiveNode, x: Any, dim: int | None = 0) -> Any:
     axes = node.axes
+    if dim is None:  # an array this collective leaves alone (an FSDP parameter kept whole)
+        return x
     if node.op == "all-reduce":
         if node.reduction == "mean":
             return lax.pmean(x, axes)
@@ -80,16 +83,29 @@ def _emit_leaf(node_id: str, node: CollectiveNode, x: Any) -> Any:
     elif node.op == "collective-permute":
         return lax.ppermute(x, axes, perm=node.permutation)
     elif node.op == "all-gather":
-        return lax.all_gather(x, axes, axis=0, tiled=True)
-    elif node.op == "reduce-scatter" and node.reduction == "sum":
-        return lax.psum_scatter(x, axes, scatter_dimension=0, tiled=True)
+        # Updated FSDP shards come back replicated, as the state's layout says; every other gather
+        # (parameters about to be used) stays varying, so autodiff adds no hidden reduction.
+        to = "invarying" if node.operand == Operand.FSDP_UPDATED_PARAMS else "varying"
+        return lax.all_gather(x, axes, axis=dim, tiled=True, to=to)
+    elif node.op == "reduce-scatter" and node.reduction in ("sum", "mean"):
+        scattered = lax.psum_scatter(x, axes, scatter_dimension=dim, tiled=True)
+        return scattered / node.group_size if node.reduction == "mean" else scattered
     raise _not_lowerable(node_id, node)
 
 
-def emit(node_id: str, node: CollectiveNode, tree: Any) -> Any:
-    """Apply the collective ``node`` (stored under ``node_id``) to every array in ``tree``."""
+def emit(node_id: str, node: CollectiveNode, tree: Any, dims: Any = None) -> Any:
+    """Apply the collective ``node`` (stored under ``node_id``) to every array in ``tree``.
+
+    ``dims``, a tree like ``tree``, gives each array's gather or scatter dimension (``None``:
+    leave that array alone); without it every array is gathered or scattered on dimension 0.
+    """
     with jax.named_scope(collective_scope(node_id)):
-        return jax.tree.map(lambda x: _emit_leaf(node_id, node, x), tree)
+        if dims is None:
+            return jax.tree.map(lambda x: _emit_leaf(node_id, node, x), tree)
+        leaves, treedef = jax.tree.flatten(tree)
+        # flatten_up_to keeps a None dimension as a leaf (tree.map would read it as an empty subtree).
+        out = [_emit_leaf(node_id, node, x, d) for x, d in zip(leaves, treedef.flatten_up_to(dims), strict=True)]
+        return jax.tree.unflatten(treedef, out)
 
 
 @dataclass(frozen=True)
@@ -99,9 +115,9 @@ class IRCollective:
     node_id: str
     node: CollectiveNode
 
-    def __call__(self, tree: Any) -> Any:
-        """Emit the collective on every array of ``tree``."""
-        return emit(self.node_id, self.node, tree)
+    def __call__(self, tree: Any, dims: Any = None) -> Any:
+        """Emit the collective on every array of ``tree`` (on the dimensions ``dims`` gives, see :func:`emit`)."""
+        return emit(self.node_id, self.node, tree, dims)
 
 
 def make_varying(tree: Any, axes: tuple[str, ...]) -> Any:
@@ -135,3 +151,11 @@ def ensure_varying(value: Any, axes: Iterable[str]) -> Any:
     """
     missing = tuple(sorted(set(axes) - varying_axes(value)))
     return lax.pcast(value, missing, to="varying") if missing else value
+
+
+def ensure_varying_tree(tree: Any, axes: Iterable[str]) -> Any:
+    """:func:`ensure_varying` on every array of ``tree``."""
+    axes = tuple(axes)
+    if not axes:
+        return tree
+    return jax.tree.map(lambda x: ensure_varying(x, axes), tree)

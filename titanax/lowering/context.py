@@ -117,6 +117,7 @@ class StepContext:
         loss_scale: Any = None,
         microbatch: Any = None,
         remat: str = "none",
+        fsdp: Any = None,
     ):
         self._state = state
         self._update = update
@@ -139,6 +140,13 @@ class StepContext:
         """The plan's :class:`~titanax.lowering.pipeline.PipelineProgram`, or ``None`` without PP."""
         self.remat = remat
         """The remat policy of the stacked blocks (``none``, ``dots`` or ``full``), from the IR."""
+        self.fsdp = fsdp
+        """Under FSDP stage 3 without accumulation, the :class:`~titanax.lowering.fully_sharded.FSDPPlan`
+        whose gathers ``tx.value_and_grad`` and ``tx.pipeline.value_and_grad`` run; else ``None``."""
+        self.param_structure = jax.tree.structure(state.params)
+        """The tree structure of the state's parameters (how ``tx.value_and_grad`` finds them among its arguments)."""
+        self.fsdp_gathered = False
+        """Set once ``tx.value_and_grad`` (or ``tx.pipeline.value_and_grad``) gathered the FSDP shards."""
         self.grads: Any = None
         self.overflow: Any = None
         """Under float16 loss scaling, whether the applied gradients overflowed (a traced bool)."""
@@ -156,6 +164,15 @@ class StepContext:
             yield self
         finally:
             _ACTIVE.reset(token)
+
+    @contextlib.contextmanager
+    def without_fsdp(self) -> Iterator[None]:
+        """Within the block ``tx.value_and_grad`` gathers nothing (the caller gathered the shards itself)."""
+        fsdp, self.fsdp = self.fsdp, None
+        try:
+            yield
+        finally:
+            self.fsdp = fsdp
 
     def apply_gradients(self, seen_state: StepState, grads: Any) -> StepState:
         """Take the step's gradients; return the state the user's function should see next."""
@@ -179,6 +196,14 @@ class StepContext:
                 "with tx.value_and_grad (or tx.pipeline.value_and_grad)",
                 "write loss, grads = tx.value_and_grad(loss_fn)(state.params): it scales the loss, and "
                 "apply_gradients unscales the gradients and skips a step that overflowed",
+            )
+        if self.fsdp is not None and not self.fsdp_gathered:
+            raise StepFnError.single(
+                "TX519",
+                "the plan shards parameters (FSDP stage 3), but the gradients were not taken with "
+                "tx.value_and_grad or tx.pipeline.value_and_grad, which gather the shards before use",
+                "write loss, grads = tx.value_and_grad(loss_fn)(state.params, batch) (or "
+                "tx.pipeline.value_and_grad(model, state.params, batch) for stacked blocks)",
             )
         # Under a precision policy the gradients come in the compute dtype; the sync and the
         # optimizer work in the master parameters' dtype.

@@ -15,7 +15,7 @@ import numpy as np
 
 from titanax.ir import PlanIR
 
-__all__ = ["optimizer_state_specs", "param_paths_and_shapes", "param_specs", "path_text"]
+__all__ = ["optimizer_state_specs", "param_paths_and_shapes", "param_specs", "path_text", "update_specs"]
 
 P = jax.P
 
@@ -36,6 +36,24 @@ def param_specs(ir: PlanIR, params: Any) -> Any:
 
     def spec(path: tuple[Any, ...], leaf: Any) -> jax.sharding.PartitionSpec:
         return P(*resolved.get(path_text(path), (None,) * leaf.ndim))
+
+    return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def update_specs(ir: PlanIR, params: Any) -> Any:
+    """A tree like ``params`` of the specs each device's update works on: the parameter's own spec,
+    with its FSDP dimension split over the FSDP axes. Under FSDP stages 1 and 2 parameters are
+    stored whole but updated (and their optimizer state held) in shards; otherwise this equals
+    :func:`param_specs`."""
+    fsdp = ir.fully_sharded()
+    if fsdp is None:
+        return param_specs(ir, params)
+    entry = fsdp.axes[0] if len(fsdp.axes) == 1 else fsdp.axes
+    resolved = {node.path: (node.spec, node.fsdp_dim) for node in ir.params()}
+
+    def spec(path: tuple[Any, ...], leaf: Any) -> jax.sharding.PartitionSpec:
+        found, dim = resolved.get(path_text(path), ((None,) * leaf.ndim, None))
+        return P(*(entry if i == dim else e for i, e in enumerate(found)))
 
     return jax.tree_util.tree_map_with_path(spec, params)
 

@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from titanax.errors import BatchError, Diagnostic, StepFnError
 from titanax.ir import PlanIR
-from titanax.lowering.collectives import ensure_varying, make_varying, varying_axes
+from titanax.lowering.collectives import ensure_varying, ensure_varying_tree, varying_axes
 from titanax.lowering.context import StepContext, StepState, active_recorder, recording
 from titanax.lowering.contracts import check_live_arrays, check_step_result
 from titanax.lowering.partial_sums import check_partial_sums, partial_sum_diagnostics
@@ -349,15 +349,26 @@ class CompiledStep:
         Returns the new state and, under loss scaling, whether the gradients overflowed (else ``None``).
         """
         plan = self.plan
+        if plan.fsdp is not None:
+            grads = plan.fsdp.sync_gradients(grads)
         grads = sync_gradients(plan.gradient_sync, grads)
         loss_scale = state.loss_scale
         if loss_scale is None:
-            return apply_optimizer(state, grads), None
+            return self._optimize(state, grads), None
         grads = unscale_gradients(grads, loss_scale.scale)
         finite = count_nonfinite(grads, plan.nonfinite_count) == 0
-        kept = keep_where(finite, apply_optimizer(state, grads), state)
+        kept = keep_where(finite, self._optimize(state, grads), state)
         new_state = kept.replace(loss_scale=loss_scale.adjust(finite, plan.loss_scale_growth_interval))
         return new_state, ~finite
+
+    def _optimize(self, state: StepState, grads: Any) -> StepState:
+        """The optimizer applied to ``grads``; under FSDP stages 1 and 2 to this device's slice of the
+        parameters (with its shard of the optimizer state), the updated slices then gathered whole."""
+        fsdp = self.plan.fsdp
+        if fsdp is None or fsdp.stage == 3:
+            return apply_optimizer(state, grads)
+        updated = apply_optimizer(state.replace(params=fsdp.take_shards(state.params)), grads)
+        return updated.replace(params=fsdp.gather_updated(updated.params))
 
     def _context(self, state: StepState, accumulate: bool, microbatch: Any = None) -> StepContext:
         loss_scale = state.loss_scale
@@ -374,11 +385,16 @@ class CompiledStep:
             loss_scale=loss_scale.scale if loss_scale is not None else None,
             microbatch=microbatch,
             remat=plan.remat,
+            fsdp=plan.fsdp if plan.fsdp is not None and plan.fsdp.gathers_in_backward else None,
         )
 
     def _body(self, state: StepState, batch: Any) -> tuple[Any, Any]:
         plan = self.plan
-        seen = state.replace(params=cast_floating(make_varying(state.params, plan.dp_axes), plan.compute_dtype))
+        params = state.params
+        if plan.fsdp is not None and plan.fsdp.stage == 3 and not plan.fsdp.gathers_in_backward:
+            params = plan.fsdp.gather_all(params)  # under accumulation: once per step, not per microbatch
+        # Parameters vary over the batch axes so that autodiff adds no hidden reduction (FSDP shards already do).
+        seen = state.replace(params=cast_floating(ensure_varying_tree(params, plan.dp_axes), plan.compute_dtype))
         batch = cast_floating(batch, plan.compute_dtype)
         if plan.accumulate_steps == 1:
             ctx = self._context(state, accumulate=False)
@@ -468,10 +484,17 @@ class CompiledStep:
                     "return state.apply_gradients(grads=grads) unchanged; transform gradients before it, or "
                     "updates inside the optimizer (optax.chain)",
                 )
-            return jax.tree.map(jnp.add, grad_sum, ctx.grads), metrics
+            grads = ctx.grads
+            if fsdp is not None and fsdp.scatters_per_microbatch:
+                grads = fsdp.scatter_gradients(grads)  # stage 2: the accumulator holds shards only
+            return jax.tree.map(jnp.add, grad_sum, grads), metrics
 
+        fsdp = self.plan.fsdp
         # zeros_like of a varying value is varying, as a scan carry must be here.
-        zeros = jax.tree.map(lambda s, p: jnp.zeros_like(s, dtype=p.dtype), seen.params, state.params)
+        carried = seen.params
+        if fsdp is not None and fsdp.scatters_per_microbatch:
+            carried = fsdp.take_shards(carried)
+        zeros = jax.tree.map(lambda s, p: jnp.zeros_like(s, dtype=p.dtype), carried, state.params)
         grad_sum, metrics = lax.scan(one_microbatch, zeros, (jnp.arange(k), micro))
         metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
         if not traced[-1].called:

@@ -14,6 +14,7 @@ from titanax.ir import Operand, PlanIR, Schedule, schedule_from_ir
 from titanax.ir.nodes import CollectiveNode
 from titanax.ir.stage_split import stage_split
 from titanax.lowering.collectives import IRCollective
+from titanax.lowering.fully_sharded import FSDPPlan
 
 __all__ = ["PipelinePlan", "StepPlan"]
 
@@ -59,6 +60,7 @@ class StepPlan:
 
     mesh_axes: tuple[str, ...]
     dp_axes: tuple[str, ...]
+    """Every axis the batch is split over: the data-parallel axes, then the FSDP axes."""
     dp_size: int
     tp_axes: tuple[str, ...]
     sequence_parallel: bool
@@ -78,12 +80,14 @@ class StepPlan:
     """Sums the non-finite-state flag over the axes that split the state (``nonfinite="skip"``)."""
     remat: str = "none"
     """The remat policy of the stacked blocks: the pipeline's, else the plan's activations policy."""
+    fsdp: FSDPPlan | None = None
+    """Fully sharded data parallelism's gathers, scatters and per-parameter dimensions, or ``None``."""
 
     @classmethod
     def from_ir(cls, ir: PlanIR) -> StepPlan:
         """Read the step's plan from the compiled IR."""
-        dp, tp, pp, policy = ir.data_parallel(), ir.tensor_parallel(), ir.pipeline_parallel(), ir.precision()
-        dp_axes = dp.axes if dp else ()
+        tp, pp, policy = ir.tensor_parallel(), ir.pipeline_parallel(), ir.precision()
+        dp_axes = ir.batch_axes()
         pipeline = None
         if pp is not None:
             split = stage_split(ir)
@@ -105,7 +109,7 @@ class StepPlan:
             dp_size=ir.group_size(dp_axes),
             tp_axes=tp.axes if tp else (),
             sequence_parallel=bool(tp and tp.sequence_parallel),
-            accumulate_steps=dp.accumulate_steps if dp else 1,
+            accumulate_steps=ir.accumulate_steps(),
             microbatches=pp.microbatches if pp else 1,
             pipeline=pipeline,
             compute_dtype=policy.compute if policy else None,
@@ -117,4 +121,5 @@ class StepPlan:
             nonfinite_count=_lowering_collectives(ir, Operand.NONFINITE_COUNT),
             state_guard=_lowering_collectives(ir, Operand.STATE_NONFINITE),
             remat=ir.remat(),
+            fsdp=FSDPPlan.from_ir(ir),
         )

@@ -16,6 +16,7 @@ from titanax.passes.check_tensor_parallel import CheckTensorParallel
 from titanax.passes.compile import DEFAULT_PASSES, VALIDATION_PASSES, compile_plan, parse_pipeline, passes_by_name
 from titanax.passes.infer_mesh_shape import InferMeshShape
 from titanax.passes.insert_dp_collectives import GRADIENT_SYNC, METRIC_REDUCE, InsertDPCollectives
+from titanax.passes.insert_fsdp_collectives import InsertFSDPCollectives
 from titanax.passes.insert_nonfinite_guard import STATE_FINITE, InsertNonfiniteGuard
 from titanax.passes.insert_pp_collectives import PP_COLLECTIVES, InsertPPCollectives
 from titanax.passes.insert_precision_collectives import GRAD_FINITE, InsertPrecisionCollectives
@@ -27,6 +28,7 @@ from titanax.passes.verify_schedule import VerifySchedule
 __all__ = [
     "PP_COLLECTIVES",
     "BuildSchedule",
+    "InsertFSDPCollectives",
     "InsertNonfiniteGuard",
     "InsertPPCollectives",
     "STATE_FINITE",

@@ -2,14 +2,18 @@
 
 Data parallelism needs exactly two: one all-reduce (mean) of the gradients over
 the DP axes, once per step whatever the accumulation, and one all-reduce (mean)
-of the step's metrics. The lowering emits exactly the collectives declared here.
+of the step's metrics over every axis the batch is split over (the DP axes, and
+the FSDP axes beside them). A plan with FSDP and no DP gets the metric reduce
+alone, required by the FSDP dimension; FSDP's gradient collectives depend on
+the parameters and come from ``insert-fsdp-collectives``. The lowering emits
+exactly the collectives declared here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from titanax.ir import CollectiveNode, DataParallelNode, Operand, PlanIR
+from titanax.ir import CollectiveNode, DataParallelNode, FullyShardedNode, Operand, PlanIR
 from titanax.ir.build import add_required_collective
 from titanax.passes.base import Pass, PassContext, register_pass
 
@@ -28,17 +32,21 @@ class InsertDPCollectives(Pass):
     requires = ("check-mesh", "check-parallel-axes", "infer-mesh-shape")
 
     def run(self, ir: PlanIR, ctx: PassContext) -> None:
-        """Add two collective nodes per DP dimension."""
-        for dim_id, dim in list(ir.items(DataParallelNode)):
-            group = ir.group_size(dim.axes)
-            for name, operand in ((GRADIENT_SYNC, Operand.GRADIENTS), (METRIC_REDUCE, Operand.METRICS)):
+        """Add the gradient and metric all-reduces of the DP dimension (the metric one alone under FSDP only)."""
+        batch_axes = ir.batch_axes()
+        owners = list(ir.items(DataParallelNode)) or list(ir.items(FullyShardedNode))
+        for dim_id, dim in owners:
+            wanted = [(METRIC_REDUCE, Operand.METRICS, batch_axes)]
+            if isinstance(dim, DataParallelNode):
+                wanted.insert(0, (GRADIENT_SYNC, Operand.GRADIENTS, dim.axes))
+            for name, operand, axes in wanted:
                 node = CollectiveNode(
                     name=name,
                     op="all-reduce",
                     reduction="mean",
-                    axes=dim.axes,
+                    axes=axes,
                     operand=operand,
                     origin="lowering",
-                    group_size=group,
+                    group_size=ir.group_size(axes),
                 )
                 add_required_collective(ir, dim_id, node)

@@ -23,10 +23,10 @@ GRAD_FINITE = "grad_finite"
 
 
 def split_state_axes(ir: PlanIR) -> tuple[str, ...]:
-    """The tensor- and pipeline-parallel axes: along them, devices hold different pieces of the
-    parameters, gradients and optimizer state (data-parallel replicas hold the same)."""
-    tp, pp = ir.tensor_parallel(), ir.pipeline_parallel()
-    return (tp.axes if tp else ()) + (pp.axes if pp else ())
+    """The tensor-, pipeline- and FSDP axes: along them, devices hold different pieces of the
+    parameters, gradients or optimizer state (data-parallel replicas hold the same)."""
+    tp, pp, fsdp = ir.tensor_parallel(), ir.pipeline_parallel(), ir.fully_sharded()
+    return (tp.axes if tp else ()) + (pp.axes if pp else ()) + (fsdp.axes if fsdp else ())
 
 
 def add_split_count_sum(ir: PlanIR, owner_id: str, name: str, operand: Operand) -> None:

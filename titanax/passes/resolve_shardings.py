@@ -29,9 +29,7 @@ dimension; rules then apply to the per-layer shape (``shape[1:]``), so the same
 from __future__ import annotations
 
 import difflib
-import functools
 import math
-import re
 from dataclasses import dataclass
 
 from titanax.errors import PlanError
@@ -39,44 +37,12 @@ from titanax.ir import EdgeKind, ParamNode, PipelineParallelNode, PlanIR, ShardR
 from titanax.ir.build import connect_over_axes
 from titanax.ir.stage_split import stage_split
 from titanax.passes.base import Pass, PassContext, register_pass
+from titanax.passes.fsdp_layout import FSDPLayouts
+from titanax.passes.globs import glob_matches, glob_regex, rule_specificity
 
 __all__ = ["ResolveShardings", "glob_matches", "rule_specificity"]
 
 Spec = tuple[str | tuple[str, ...] | None, ...]
-
-
-@functools.cache
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
-def glob_matches(pattern: str, path: str) -> bool:
-    """Whether the glob ``pattern`` matches the whole ``/``-joined ``path``."""
-    return _glob_regex(pattern).fullmatch(path) is not None
-
-
-def rule_specificity(pattern: str) -> tuple[int, int]:
-    """Sort key of a pattern: more literal characters first, then fewer wildcards."""
-    wildcards = len(re.findall(r"\*\*|\*|\?", pattern))
-    literals = len(re.sub(r"[*?]", "", pattern))
-    return (literals, -wildcards)
 
 
 def _under(path: str, entry: str) -> bool:
@@ -134,13 +100,14 @@ class ResolveShardings(Pass):
         rules = ir.shard_rules(tp_id) if tp_id else []
         # Each rule's matcher and specificity, worked out once: the loop below is then
         # O(rules) per parameter and nothing in it grows with the number of parameters.
-        matchers = [(rid, r, _glob_regex(r.pattern).fullmatch, rule_specificity(r.pattern)) for rid, r in rules]
+        matchers = [(rid, r, glob_regex(r.pattern).fullmatch, rule_specificity(r.pattern)) for rid, r in rules]
         default = ("rule.default", ir.node("rule.default"))
         sizes = ir.axis_sizes()
         pp = next((node for _, node in ir.items(PipelineParallelNode)), None)
         split = stage_split(ir)
         uneven = split is not None and not split.even
         matched: set[str] = set()
+        fsdp = FSDPLayouts.for_ir(ir)
         for path, shape in self.parameters:
             if uneven and pp is not None and _under(path, pp.blocks):
                 if not shape or shape[0] != split.layers:
@@ -161,25 +128,38 @@ class ResolveShardings(Pass):
             if decided is None:
                 continue
             rule_id, rule = decided
+            stacked = (pp is not None and _under(path, pp.blocks)) or (
+                any(_under(path, entry) for entry in self.stacked) and bool(shape)
+            )
             if pp is not None and _under(path, pp.blocks):
                 spec = self._stacked_spec(path, shape, rule, tp, pp, sizes, ctx)
-            elif any(_under(path, entry) for entry in self.stacked) and shape:
+            elif stacked:
                 per_layer = self._spec(path, shape[1:], rule, tp, sizes, ctx)
                 spec = None if per_layer is None else (None, *per_layer)
             else:
                 spec = self._spec(path, shape, rule, tp, sizes, ctx)
             if spec is None:
                 continue
+            fsdp_dim, gather = None, None
+            if fsdp is not None:
+                decided_fsdp = fsdp.decide(path, shape, spec, stacked, ctx)
+                if decided_fsdp is None:
+                    continue
+                spec, fsdp_dim, gather = decided_fsdp
             local = tuple(
                 dim // math.prod(sizes[a] for a in _entry_axes(entry)) for dim, entry in zip(shape, spec, strict=True)
             )
-            node = ParamNode(path=path, shape=shape, spec=spec, local_shape=local)
+            node = ParamNode(
+                path=path, shape=shape, spec=spec, local_shape=local, fsdp_dim=fsdp_dim, fsdp_gather=gather
+            )
             param_id = ir.add(f"param.{path}", node)
             ir.connect(rule_id, param_id, EdgeKind.LAYS_OUT)
             connect_over_axes(ir, param_id, node)
         # A rule that decided no layout may still have matched (and lost to a more specific
         # rule); only one that matched no path at all is an error. Recording the matches above
         # keeps this check from re-matching every rule against every path.
+        if fsdp is not None:
+            fsdp.report_unmatched([p for p, _ in self.parameters], ctx)
         unmatched = [(rule_id, rule) for rule_id, rule in rules if rule_id not in matched]
         paths = [p for p, _ in self.parameters] if unmatched else []
         for _, rule in unmatched:

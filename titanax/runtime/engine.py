@@ -18,6 +18,7 @@ from titanax.frontend import MeshSpec, Plan
 from titanax.ir import PlanIR, print_ir
 from titanax.ir.stage_split import stage_split
 from titanax.lowering import (
+    FSDPPlan,
     LossScale,
     available_devices,
     make_jax_mesh,
@@ -26,8 +27,17 @@ from titanax.lowering import (
     param_specs,
     place_global,
     replicated_spec,
+    update_specs,
 )
-from titanax.passes import DEFAULT_PASSES, CheckStageBalance, PassPipeline, ResolveShardings, Target, compile_plan
+from titanax.passes import (
+    DEFAULT_PASSES,
+    CheckStageBalance,
+    InsertFSDPCollectives,
+    PassPipeline,
+    ResolveShardings,
+    Target,
+    compile_plan,
+)
 from titanax.runtime import distributed
 from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
@@ -226,9 +236,18 @@ class Engine:
             params = {**params, self._blocks_entry: jax.tree.map(layout.to_storage_host, params[self._blocks_entry])}
         specs = param_specs(self.ir, params)
         params = jax.tree.map(lambda x, spec: place_global(x, NamedSharding(self.mesh, spec)), params, specs)
-        opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, specs)
+        opt_specs = optimizer_state_specs(
+            jax.eval_shape(self.optimizer.init, params), params, update_specs(self.ir, params)
+        )
+        fsdp = FSDPPlan.from_ir(self.ir)
+        # Under FSDP stages 1 and 2 each device initialises the optimizer state of its own slice.
+        sliced = fsdp.take_shards if fsdp is not None and fsdp.stage < 3 else (lambda p: p)
         init = jax.shard_map(
-            self.optimizer.init, mesh=self.mesh, in_specs=(specs,), out_specs=opt_specs, check_vma=True
+            lambda p: self.optimizer.init(sliced(p)),
+            mesh=self.mesh,
+            in_specs=(specs,),
+            out_specs=opt_specs,
+            check_vma=True,
         )
         opt_state = jax.jit(init)(params)
         replicated = NamedSharding(self.mesh, P())
@@ -254,7 +273,7 @@ class Engine:
         _check_trainable(params)
         stacked = (stacked,) if isinstance(stacked, str) else tuple(stacked)
         resolve = ResolveShardings(parameters=param_paths_and_shapes(params), stacked=stacked)
-        self.ir = PassPipeline([resolve, CheckStageBalance()]).run(self.plan_ir, self.target)
+        self.ir = PassPipeline([resolve, CheckStageBalance(), InsertFSDPCollectives()]).run(self.plan_ir, self.target)
 
     def _adopt_layouts(self, specs: Any, opt_specs: Any, loss_scaled: bool) -> None:
         """Make these the specs of the engine's state, so compiled steps rebuild for the new layouts."""
@@ -294,7 +313,7 @@ class Engine:
 
         params_abs = jax.tree.map(placed, shapes, specs)
         opt_shapes = jax.eval_shape(self.optimizer.init, params_abs)
-        opt_specs = optimizer_state_specs(opt_shapes, params_abs, specs)
+        opt_specs = optimizer_state_specs(opt_shapes, params_abs, update_specs(self.ir, shapes))
         opt_abs = jax.tree.map(placed, opt_shapes, opt_specs, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
         step = placed(jax.ShapeDtypeStruct((), jnp.int32), P())
         rng = placed(jax.ShapeDtypeStruct((2,), jnp.uint32), replicated_spec(1))

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 
+from titanax.errors import StepFnError
 from titanax.lowering import active_step_context
 
 __all__ = ["value_and_grad"]
@@ -34,6 +35,53 @@ def value_and_grad(
 
     def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
         ctx = active_step_context()
+        if ctx is not None and ctx.fsdp is not None:
+            return _value_and_grad(_gathering(fn, ctx, argnums, args), ctx, argnums, has_aux)(*args, **kwargs)
+        return _value_and_grad(fn, ctx, argnums, has_aux)(*args, **kwargs)
+
+    return wrapped
+
+
+def _gathering(fn: Callable[..., Any], ctx: Any, argnums: int | Sequence[int], args: tuple[Any, ...]) -> Callable:
+    """``fn`` with the FSDP shards of its parameter argument gathered first (FSDP stage 3).
+
+    The parameter argument is the differentiated one shaped like the state's parameters; the
+    gathers' backward reduce-scatters its gradients. Stacked layers are gathered one at a time by
+    ``tx.pipeline.value_and_grad`` only.
+    """
+    fsdp = ctx.fsdp
+    positions = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    expected = ctx.param_structure
+    found = next((k for k in positions if k < len(args) and jax.tree.structure(args[k]) == expected), None)
+    if found is None:
+        raise StepFnError.single(
+            "TX519",
+            "the plan shards parameters (FSDP stage 3), but tx.value_and_grad is not differentiating state.params",
+            "differentiate the loss with respect to state.params: tx.value_and_grad(loss_fn)(state.params, batch)",
+        )
+    if any(kind == "layer" for kind in fsdp.gather_kind.values()):
+        raise StepFnError.single(
+            "TX519",
+            "the parameters have stacked layers that FSDP stage 3 gathers one at a time, which only "
+            "tx.pipeline.value_and_grad does",
+            "run the model as a tx.PipelineModel: loss, grads = tx.pipeline.value_and_grad(model, state.params, batch)",
+        )
+    ctx.fsdp_gathered = True
+
+    def gathered(*inner: Any, **kwargs: Any) -> Any:
+        inner = list(inner)
+        inner[found] = fsdp.gather_for_step(inner[found])
+        return fn(*inner, **kwargs)
+
+    return gathered
+
+
+def _value_and_grad(
+    fn: Callable[..., Any], ctx: Any, argnums: int | Sequence[int], has_aux: bool
+) -> Callable[..., tuple[Any, Any]]:
+    """``jax.value_and_grad`` of ``fn``, the loss scaled by the step's float16 loss scale when it has one."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
         scale = ctx.loss_scale if ctx is not None else None
         if scale is None:
             return jax.value_and_grad(fn, argnums, has_aux=has_aux)(*args, **kwargs)

@@ -33,6 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jax
+
 from titanax.errors import StepFnError
 from titanax.lowering import active_step_context
 from titanax.lowering.pipeline import sequential_loss
@@ -74,9 +76,29 @@ def value_and_grad(model: PipelineModel, params: dict[str, Any], batch: Any) -> 
     if program is None:
         # Without a pipeline, each block runs under the plan's remat policy (jax.checkpoint).
         block = apply_remat(model.block, ctx.remat if ctx is not None else "none")
-        return scaled_value_and_grad(lambda p: sequential_loss(model.first, block, model.last, model.blocks, p, batch))(
-            params
-        )
+        fsdp = ctx.fsdp if ctx is not None else None
+        if fsdp is None:
+            return scaled_value_and_grad(
+                lambda p: sequential_loss(model.first, block, model.last, model.blocks, p, batch)
+            )(params)
+        # FSDP stage 3: the stacked layers are gathered one at a time inside the scan, the rest once.
+        one_layer = jax.tree.map(lambda x: x[0], params[model.blocks])
+        layer_block = fsdp.layer(lambda named, x: block(named[model.blocks], x), {model.blocks: one_layer})
+        ctx.fsdp_gathered = True
+
+        def loss(p: dict[str, Any]) -> Any:
+            gathered = fsdp.gather_for_step(p)
+            return sequential_loss(
+                model.first,
+                lambda layer, x: layer_block({model.blocks: layer}, x),
+                model.last,
+                model.blocks,
+                gathered,
+                batch,
+            )
+
+        with ctx.without_fsdp():
+            return scaled_value_and_grad(loss)(params)
     if program.blocks != model.blocks:
         raise StepFnError.single(
             "TX508",

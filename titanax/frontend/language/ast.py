@@ -12,6 +12,7 @@ __all__ = [
     "AxisName",
     "Block",
     "DataParallelStmt",
+    "FullyShardedStmt",
     "FloatValue",
     "IntValue",
     "Item",
@@ -183,6 +184,15 @@ class DataParallelStmt:
 
 
 @dataclass(frozen=True)
+class FullyShardedStmt:
+    """``fully_sharded over AXES [{ stage = N, min_size = N, ..., "pattern" = DIM | none }]``."""
+
+    axes: tuple[AxisName, ...]
+    block: Block | None
+    span: Span = _span()
+
+
+@dataclass(frozen=True)
 class TensorParallelStmt:
     """``tensor_parallel over AXES [{ settings and rules }]``."""
 
@@ -225,7 +235,14 @@ class ModelStmt:
 
 
 Statement = (
-    MeshStmt | DataParallelStmt | TensorParallelStmt | PipelineStmt | PrecisionStmt | ActivationsStmt | ModelStmt
+    MeshStmt
+    | DataParallelStmt
+    | FullyShardedStmt
+    | TensorParallelStmt
+    | PipelineStmt
+    | PrecisionStmt
+    | ActivationsStmt
+    | ModelStmt
 )
 
 

@@ -76,9 +76,11 @@ def _head(stmt: ast.Statement) -> str:
         return "activations"
     if isinstance(stmt, ast.ModelStmt):
         return f'model "{stmt.entry}"'
-    word = {ast.DataParallelStmt: "data_parallel", ast.TensorParallelStmt: "tensor_parallel"}.get(
-        type(stmt), "pipeline"
-    )
+    word = {
+        ast.DataParallelStmt: "data_parallel",
+        ast.FullyShardedStmt: "fully_sharded",
+        ast.TensorParallelStmt: "tensor_parallel",
+    }.get(type(stmt), "pipeline")
     return f"{word} over {_axes(stmt.axes)}"
 
 

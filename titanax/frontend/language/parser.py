@@ -27,6 +27,7 @@ __all__ = ["Comment", "ParsedPlan", "grammar_text", "parse"]
 _KEYWORDS = (
     "mesh",
     "data_parallel",
+    "fully_sharded",
     "tensor_parallel",
     "pipeline",
     "precision",
@@ -154,6 +155,10 @@ class _ToAST(Transformer):
     def data_parallel_stmt(self, meta, children):
         axes, *block = _content(children)
         return ast.DataParallelStmt(axes, block[0] if block else None, _meta_span(meta))
+
+    def fully_sharded_stmt(self, meta, children):
+        axes, *block = _content(children)
+        return ast.FullyShardedStmt(axes, block[0] if block else None, _meta_span(meta))
 
     def tensor_parallel_stmt(self, meta, children):
         axes, *block = _content(children)

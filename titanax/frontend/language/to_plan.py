@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from titanax.errors import Diagnostic, Location, TitanaxError
 from titanax.frontend.activations import Activations
 from titanax.frontend.bounds import MAX_DEVICES, shown
+from titanax.frontend.fully_sharded import FSDP, FSDPRule
 from titanax.frontend.language import ast
 from titanax.frontend.language.parser import ParsedPlan
 from titanax.frontend.language.source import SourceFile
@@ -34,6 +35,7 @@ _ENTRY_POINT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A
 _STATEMENT_WORDS = {
     ast.MeshStmt: "mesh",
     ast.DataParallelStmt: "data_parallel",
+    ast.FullyShardedStmt: "fully_sharded",
     ast.TensorParallelStmt: "tensor_parallel",
     ast.PipelineStmt: "pipeline",
     ast.PrecisionStmt: "precision",
@@ -48,6 +50,9 @@ _PLATFORMS = ("cpu", "gpu", "tpu", "cuda", "rocm")
 
 _EXAMPLES = {
     "accumulate_steps": "4",
+    "stage": "3",
+    "min_size": "1024",
+    "reshard_after_forward": "true",
     "microbatches": "8",
     "schedule": "1f1b",
     "sequence_parallel": "true",
@@ -125,7 +130,7 @@ class _Builder:
                     self.error(
                         "TX611",
                         f"a sharding rule ({item.pattern!r} = ...) cannot appear in a {what} block",
-                        "rules belong in the tensor_parallel block",
+                        "rules belong in the tensor_parallel and fully_sharded blocks",
                         item.span,
                     )
             elif isinstance(item, ast.StageItem):
@@ -287,6 +292,38 @@ class _Builder:
             self.loc(steps.span) if steps else self.header(stmt, stmt.axes),
         )
 
+    def fully_sharded(self, stmt: ast.FullyShardedStmt) -> FSDP | None:
+        allowed = {"stage": "int", "min_size": "int", "reshard_after_forward": "bool", "accumulate_steps": "int"}
+        found, rule_items, _ = self.settings(stmt.block, allowed, "fully_sharded", rules=True)
+        rules = []
+        for item in rule_items:
+            value = item.value
+            if isinstance(value, ast.IntValue):
+                dim: int | None = value.value
+            elif isinstance(value, ast.NameValue) and value.name == "none":
+                dim = None
+            else:
+                self.error(
+                    "TX609",
+                    f"FSDP rule {item.pattern!r} must map to a dimension or none",
+                    f'write "{item.pattern}" = 0 to split dimension 0, or "{item.pattern}" = none to keep it whole',
+                    value.span,
+                )
+                continue
+            rule = self.construct(
+                lambda i=item, d=dim: FSDPRule(pattern=i.pattern, dim=d, location=self.loc(i.span)),
+                self.loc(item.span),
+            )
+            if rule is not None:
+                rules.append(rule)
+        kwargs: dict[str, Any] = {}
+        for key, setting in found.items():
+            kwargs[key] = setting.value.name == "true" if key == "reshard_after_forward" else setting.value.value
+        where = self.header(stmt, stmt.axes)
+        return self.construct(
+            lambda: FSDP(axis=_axis_arg(stmt.axes), rules=tuple(rules), location=where, **kwargs), where
+        )
+
     def tensor_parallel(self, stmt: ast.TensorParallelStmt) -> TP | None:
         found, rule_items, _ = self.settings(stmt.block, {"sequence_parallel": "bool"}, "tensor_parallel", rules=True)
         rules = []
@@ -431,6 +468,7 @@ class _Builder:
         mesh = self.mesh(first[ast.MeshStmt]) if ast.MeshStmt in first else None
         dims = {
             "data_parallel": self.data_parallel(first[ast.DataParallelStmt]) if ast.DataParallelStmt in first else None,
+            "fully_sharded": self.fully_sharded(first[ast.FullyShardedStmt]) if ast.FullyShardedStmt in first else None,
             "tensor_parallel": self.tensor_parallel(first[ast.TensorParallelStmt])
             if ast.TensorParallelStmt in first
             else None,
