@@ -8,8 +8,9 @@ known. For each parameter:
 2. else a parameter with fewer than ``min_size`` elements (per layer, for
    stacked blocks) stays whole;
 3. else the largest dimension that tensor parallelism leaves whole and that
-   divides over the FSDP axes is split (the first such on a tie); when none
-   divides, TX240 names the shape.
+   divides over the FSDP axes is split (the first such on a tie); when tensor
+   parallelism splits every dimension the parameter stays whole, and when no
+   dimension it leaves divides, TX240 names the shape.
 
 Dimensions are counted in each layer's shape for stacked blocks (their dimension
 0 is the layer), so rules read the same for stacked and unstacked models; the
@@ -97,7 +98,10 @@ class FSDPLayouts:
             return self._split(spec, lead + dim, stacked)
         if math.prod(layer_shape) < node.min_size:
             return spec, None, None
-        free = [d for d in range(len(layer_shape)) if spec[lead + d] is None and layer_shape[d] % self.group == 0]
+        unsplit = [d for d in range(len(layer_shape)) if spec[lead + d] is None]
+        if not unsplit:
+            return spec, None, None  # tensor parallelism splits every dimension already: nothing left to shard
+        free = [d for d in unsplit if layer_shape[d] % self.group == 0]
         if not free:
             ctx.error(
                 "TX240",
