@@ -71,7 +71,7 @@ def test_gpt_small_dp_x_tp_loss_falls():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("plan", ["dp", "tp", "dp_tp_sp", "dp_pp", "3d"])
+@pytest.mark.parametrize("plan", ["dp", "tp", "dp_tp_sp", "dp_pp", "3d", "fsdp", "fsdp_tp"])
 def test_gpt_small_every_plan_trains(plan):
     result = run_gpt(plan, 60)
     assert result["eval_loss_end"] < result["eval_loss_start"] - 1.0

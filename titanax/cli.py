@@ -112,9 +112,8 @@ def _summary(loaded: LoadedPlan, ir: PlanIR) -> str:
         if node.kind == "parallel_dim":
             details = {k: v for k, v in node.attributes().items() if k != "axes"}
             extra = ", ".join(f"{k}={v}" for k, v in details.items())
-            lines.append(
-                f"  {node.type_name.removeprefix('parallel_dim.')} parallel over {', '.join(node.axis_names)} ({extra})"
-            )
+            kind = node.type_name.removeprefix("parallel_dim.").replace("fully_sharded", "fully sharded data")
+            lines.append(f"  {kind} parallel over {', '.join(node.axis_names)} ({extra})")
     if ir.params():
         sharded = [p for p in ir.params() if p.axis_names]
         lines.append(f"  parameters: {len(ir.params())}, of which {len(sharded)} split over devices")
@@ -182,7 +181,7 @@ def _workload_engine(loaded: LoadedPlan, entry: str, devices: int | None, model_
 def _workload_state(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None = None):
     """Build the Engine for the plan and lay out the model's parameters: ``(workload, state)``."""
     workload, engine = _workload_engine(loaded, entry, devices, model_path)
-    return workload, engine.create_state(workload.params)
+    return workload, engine.create_state(workload.params, stacked=workload.stacked)
 
 
 _SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
@@ -205,15 +204,15 @@ def _memory(loaded: LoadedPlan, args: argparse.Namespace) -> int:
     budget = _parse_size(args.device_memory) if args.device_memory is not None else None
     entry = _model_entry(loaded, args.model or "")
     workload, engine = _workload_engine(loaded, entry, args.devices, args.model_path)
-    estimate = engine.memory_estimate(workload.step, workload.params, workload.batch)
+    estimate = engine.memory_estimate(workload.step, workload.params, workload.batch, stacked=workload.stacked)
     sys.stdout.write(f"{loaded.path}: {engine.device_count} devices\n" + estimate.report(budget))
     return 1 if budget is not None and not estimate.fits(budget) else 0
 
 
-def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None) -> PlanIR:
-    """Build the Engine for the plan, lay out the model's parameters and trace its step."""
+def _trace_model(loaded: LoadedPlan, entry: str, devices: int | None, model_path: list[str] | None):
+    """Build the Engine for the plan, lay out the model's parameters and trace its step: ``(ir, engine)``."""
     workload, state = _workload_state(loaded, entry, devices, model_path)
-    return workload.step.plan_ir(state, workload.batch)
+    return workload.step.plan_ir(state, workload.batch), state.engine
 
 
 # -- titanax audit -----------------------------------------------------------------
@@ -245,8 +244,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     loaded = _load(args.file, args)
     if args.memory or args.device_memory is not None:
         return _memory(loaded, args)
+    engine = None
     if args.model is not None:
-        ir = _trace_model(loaded, _model_entry(loaded, args.model), args.devices, args.model_path)
+        ir, engine = _trace_model(loaded, _model_entry(loaded, args.model), args.devices, args.model_path)
     else:
         passes = _parse_pass_list(args.passes, DEFAULT_PASSES)
         callbacks = [verify_after_each]
@@ -261,6 +261,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         sys.stdout.write(_render(ir, args.format, args.locations))
     else:
         sys.stdout.write(_summary(loaded, ir))
+        if engine is not None and engine.state_memory is not None:
+            sys.stdout.write(engine.state_memory.table())
     return 0
 
 

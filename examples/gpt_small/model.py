@@ -60,9 +60,16 @@ def workload(pipelined: bool = False) -> tx.Workload:
         batch={"ids": ids, "labels": ids},
         step=pipeline_step if pipelined else train_step,
         optimizer=tx.optim.adamw(3e-3),
+        stacked="blocks" if pipelined else (),
     )
 
 
 def pipeline_workload() -> tx.Workload:
     """The workload for plans with pipeline parallelism (stacked blocks)."""
+    return workload(pipelined=True)
+
+
+def stacked_workload() -> tx.Workload:
+    """The workload for FSDP plans: stacked blocks run through ``tx.pipeline.value_and_grad``, which
+    gathers one layer at a time under stage 3."""
     return workload(pipelined=True)

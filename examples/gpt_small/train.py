@@ -4,7 +4,7 @@ Run:
     python examples/gpt_small/train.py --plan dp_tp --steps 300
     python examples/gpt_small/train.py --plan path/to/my_plan.tx
 
-Plans (examples/gpt_small/plans/): dp, tp, dp_tp, dp_tp_sp, dp_pp, 3d. On a CPU-only machine
+Plans (examples/gpt_small/plans/): dp, tp, dp_tp, dp_tp_sp, dp_pp, 3d, fsdp, fsdp_tp. On a CPU-only machine
 the script simulates 8 devices. The last line printed is JSON with the results.
 """
 
@@ -34,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
-    parser.add_argument("--plan", default="dp_tp", help="dp, tp, dp_tp, dp_tp_sp, dp_pp, 3d, or the path of a .tx plan")
+    parser.add_argument(
+        "--plan", default="dp_tp", help="dp, tp, dp_tp, dp_tp_sp, dp_pp, 3d, fsdp, fsdp_tp, or the path of a .tx plan"
+    )
     parser.add_argument("--steps", type=int, default=300, help="training steps")
     parser.add_argument(
         "--batch-size",
@@ -66,10 +68,11 @@ def main() -> None:
         Batches(tokens[:split], args.batch_size, 64, seed=0),
         Batches(tokens[split:], args.batch_size, 64, seed=1),
     )
-    # Pipelined plans stack the blocks on a leading layer dimension and run the schedule.
-    pipelined = loaded.plan.pipeline_parallel is not None
-    step_fn, eval_fn = (pipeline_step, pipeline_eval_step) if pipelined else (train_step, eval_step)
-    state = engine.create_state(init_params(stacked=pipelined))
+    # Pipelined plans stack the blocks on a leading layer dimension and run the schedule; FSDP
+    # plans stack them too, so that stage 3 gathers one layer at a time inside the scan.
+    stacked = loaded.plan.pipeline_parallel is not None or loaded.plan.fully_sharded is not None
+    step_fn, eval_fn = (pipeline_step, pipeline_eval_step) if stacked else (train_step, eval_step)
+    state = engine.create_state(init_params(stacked=stacked), stacked="blocks" if stacked else ())
     eval_batches = [next(held_out) for _ in range(4)]
 
     def evaluate() -> float:

@@ -54,14 +54,12 @@ class FSDPRule:
                 "TX204",
                 f"an FSDP rule pattern must be a non-empty string, got {self.pattern!r}",
                 'write rules={"blocks/mlp/up/w": 1}',
-                self.location,
             )
         if self.dim is not None and (not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 0):
             raise PlanError.single(
                 "TX241",
                 f"FSDP rule {self.pattern!r} gives dimension {self.dim!r}; it must be a dimension index >= 0 or none",
                 f'write "{self.pattern}" = 0 to split dimension 0, or "{self.pattern}" = none to keep it whole',
-                self.location,
             )
 
 
@@ -111,7 +109,6 @@ class FSDP:
                 "TX238",
                 f"FSDP stage {self.stage!r} is not a ZeRO stage",
                 "use stage = 1 (optimizer state), 2 (also gradients) or 3 (also parameters)",
-                self.location,
             )
         size = self.min_size
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_MIN_SIZE:
@@ -119,14 +116,12 @@ class FSDP:
                 "TX239",
                 f"FSDP min_size = {size!r} must be a number of elements from 0 to 2**40",
                 "use min_size = 0 to shard every parameter that divides, or e.g. 1024 to keep small ones whole",
-                self.location,
             )
         if not isinstance(self.reshard_after_forward, bool):
             raise PlanError.single(
                 "TX204",
                 f"FSDP(reshard_after_forward={self.reshard_after_forward!r}) must be True or False",
                 "write reshard_after_forward=False to keep gathered layers for the backward",
-                self.location,
             )
         steps = self.accumulate_steps
         if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_MICROBATCHES:
@@ -134,7 +129,6 @@ class FSDP:
                 "TX203",
                 f"FSDP accumulate_steps = {shown(steps)} must be an integer from 1 to 2**16 = {MAX_MICROBATCHES}",
                 "use accumulate_steps = 1 for no accumulation",
-                self.location,
             )
         object.__setattr__(self, "rules", _rules_tuple(self.rules))
 

@@ -141,11 +141,18 @@ class Node:
 
     kind: ClassVar[NodeKind]
     type_name: ClassVar[str]
+    unprinted_defaults: ClassVar[tuple[str, ...]] = ()
+    """Attributes left out of the printed form while they hold their default (a feature the plan
+    does not use), so that plans without it print as they always did."""
     location: Location | None = None
 
     def attributes(self) -> dict[str, Any]:
         """The node's printed attributes, in declaration order, without its location."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "location"}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "location" and not (f.name in self.unprinted_defaults and getattr(self, f.name) == f.default)
+        }
 
     @property
     def axis_names(self) -> tuple[str, ...]:
@@ -316,6 +323,7 @@ class ParamNode(Node):
 
     kind = NodeKind.PARAM
     type_name = "param"
+    unprinted_defaults = ("fsdp_dim", "fsdp_gather")
     path: str
     """``/``-joined key path, e.g. ``block/attn/qkv/w``."""
     shape: tuple[int, ...]

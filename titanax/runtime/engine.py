@@ -43,7 +43,7 @@ from titanax.runtime.checkpoint import Checkpoint, Checkpointer
 from titanax.runtime.fit import fit as run_fit
 from titanax.runtime.layer_order import BlockOrder, BlockPadding
 from titanax.runtime.loggers import Logger, host_scalars
-from titanax.runtime.memory import estimate_memory
+from titanax.runtime.memory import StateMemory, estimate_memory
 from titanax.runtime.optim import is_gradient_transformation
 from titanax.runtime.profile import Profile
 from titanax.runtime.state import TrainState
@@ -155,6 +155,8 @@ class Engine:
         """The plan IR after every default pass, before any parameters are known."""
         self.ir: PlanIR = self.plan_ir
         """The plan IR; after :meth:`create_state` it also lists every parameter's layout."""
+        self.state_memory: StateMemory | None = None
+        """Per-device bytes of parameters, gradients and optimizer state, once parameters are laid out."""
         self.state_specs: Any = None
         """Partition specs of the ``TrainState`` fields, set by :meth:`create_state`."""
         self.layout_version = 0
@@ -205,8 +207,23 @@ class Engine:
         return state.params
 
     def describe(self) -> str:
-        """The compiled plan IR as text."""
-        return print_ir(self.ir)
+        """The compiled plan IR as text; once parameters are laid out (:meth:`create_state`,
+        :meth:`abstract_state`), followed by the per-device bytes of parameters, gradients and
+        optimizer state, next to what plain data parallelism would hold (:class:`StateMemory`)."""
+        text = print_ir(self.ir)
+        return text if self.state_memory is None else text + self.state_memory.table()
+
+    def _count_state(self, params: Any, opt_state: Any) -> None:
+        """Record :attr:`state_memory` for ``params`` and ``opt_state`` (arrays or shapes with shardings)."""
+        fsdp = self.ir.fully_sharded()
+        # FSDP stages 2 and 3 keep gradients reduce-scattered, in the optimizer state's layout.
+        specs = update_specs if fsdp is not None and fsdp.stage >= 2 else param_specs
+        grads = jax.tree.map(
+            lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(self.mesh, spec)),
+            params,
+            specs(self.ir, params),
+        )
+        self.state_memory = StateMemory.of(params, grads, opt_state)
 
     def create_state(self, params: Any, *, seed: int = 0, stacked: str | tuple[str, ...] = ()) -> TrainState:
         """Lay ``params`` out on the mesh as the plan says and initialise the optimizer state.
@@ -264,6 +281,7 @@ class Engine:
         self.host_step = 0
         self.data_position = 0
         self._adopt_layouts(specs, opt_specs, loss_scale is not None)
+        self._count_state(params, opt_state)
         state = TrainState(step=step, params=params, opt_state=opt_state, rng=rng, loss_scale=loss_scale, engine=self)
         self.last_state = state
         return state
@@ -323,6 +341,7 @@ class Engine:
             initial = LossScale.initial(policy.loss_scale_init)
             loss_scale = jax.tree.map(lambda x: placed(jax.ShapeDtypeStruct(x.shape, x.dtype), P()), initial)
         self._adopt_layouts(specs, opt_specs, loss_scale is not None)
+        self._count_state(params_abs, opt_abs)
         return TrainState(step=step, params=params_abs, opt_state=opt_abs, rng=rng, loss_scale=loss_scale, engine=self)
 
     def memory_estimate(self, step: StepFn, params: Any, batch: Any, *, stacked: str | tuple[str, ...] = ()) -> Any:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from titanax.runtime.engine import Engine
     from titanax.runtime.step_fn import StepFn
 
-__all__ = ["MemoryEstimate", "estimate_memory"]
+__all__ = ["MemoryEstimate", "StateMemory", "estimate_memory"]
 
 
 def _gib(n: int) -> str:
@@ -33,6 +33,56 @@ def _per_device(tree: Any) -> int:
         shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, "sharding", None) is not None else leaf.shape
         total += math.prod(shape) * leaf.dtype.itemsize
     return total
+
+
+def _whole(tree: Any) -> int:
+    """Bytes of ``tree``'s arrays taken whole: what every device holds under plain data parallelism."""
+    return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+
+
+@dataclass(frozen=True)
+class StateMemory:
+    """Per-device bytes of the training state under the plan, next to what plain data parallelism holds.
+
+    Gradients are counted as the step keeps them: in the parameters' layout, or in the optimizer
+    state's (shards) where FSDP stage 2 or 3 reduce-scatters them.
+    """
+
+    parameters: int
+    gradients: int
+    optimizer_state: int
+    whole_parameters: int
+    """What plain data parallelism holds per device (every array whole)."""
+    whole_optimizer_state: int
+
+    @classmethod
+    def of(cls, params: Any, gradients: Any, opt_state: Any) -> StateMemory:
+        """Count arrays or ``ShapeDtypeStruct`` s with shardings (``gradients``: shapes in their layout)."""
+        return cls(
+            parameters=_per_device(params),
+            gradients=_per_device(gradients),
+            optimizer_state=_per_device(opt_state),
+            whole_parameters=_whole(params),
+            whole_optimizer_state=_whole(opt_state),
+        )
+
+    def table(self) -> str:
+        """The three rows, per device, with plain DP's figure beside each."""
+        rows = [
+            ("parameters", self.parameters, self.whole_parameters),
+            ("gradients", self.gradients, self.whole_parameters),
+            ("optimizer state", self.optimizer_state, self.whole_optimizer_state),
+            (
+                "total",
+                self.parameters + self.gradients + self.optimizer_state,
+                2 * self.whole_parameters + self.whole_optimizer_state,
+            ),
+        ]
+        lines = [f"per-device state bytes{'':<10} {'this plan':>14} {'plain DP':>14} {'ratio':>7}"]
+        for name, mine, whole in rows:
+            ratio = f"{mine / whole:.3f}" if whole else "-"
+            lines.append(f"  {name:<30} {mine:>14,} {whole:>14,} {ratio:>7}")
+        return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)

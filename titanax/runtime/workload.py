@@ -45,6 +45,9 @@ class Workload:
     """The training step, decorated with ``@tx.step_fn``."""
     optimizer: optax.GradientTransformation
     """The optimizer the Engine uses."""
+    stacked: str | tuple[str, ...] = ()
+    """Entries of ``params`` that stack identical layers on dimension 0 (``"blocks"`` for a
+    ``tx.PipelineModel``), as ``Engine.create_state(stacked=...)`` takes them."""
 
 
 def package_root(module_name: str, start: Path) -> Path | None:
