@@ -21,6 +21,8 @@ def test_plan_traces_the_model_it_names(path, capsys, monkeypatch):
     assert main(["compile", str(path), "--model"]) == 0, capsys.readouterr().err
     summary = capsys.readouterr().out
     split = int(summary.split(" of which ")[1].split()[0])
-    # Tensor and pipeline parallelism split parameters; data parallelism alone never does.
-    distributed = loaded.plan.tensor_parallel is not None or loaded.plan.pipeline_parallel is not None
+    # Tensor and pipeline parallelism and FSDP stage 3 split parameters; data parallelism alone never does.
+    plan = loaded.plan
+    sharded = plan.fully_sharded is not None and plan.fully_sharded.stage == 3
+    distributed = plan.tensor_parallel is not None or plan.pipeline_parallel is not None or sharded
     assert (split > 0) == distributed, summary

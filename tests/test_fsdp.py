@@ -378,3 +378,18 @@ def test_a_checkpoint_round_trips_fsdp8_to_dp2xtp4_and_back_bit_for_bit(tmp_path
     ):
         np.testing.assert_array_equal(a, b)
     back.close()
+
+
+def test_resharding_after_forward_keeps_no_gathered_layer_for_the_backward():
+    """Under reshard_after_forward the backward gathers each layer again, so the compiled step's temporaries
+    hold about two whole layers at once; keeping the gathered layers holds every one of them."""
+    layers = 6
+    params = nn.init_gpt(jax.random.PRNGKey(0), **{**GPT, "d_model": 64, "d_ff": 256, "layers": layers}, stacked=True)
+    layer_bytes = sum(x[0].nbytes for x in jax.tree.leaves(params["blocks"]))
+    batch = gpt_batches(1, 16)[0]
+    temps = {}
+    for reshard in (True, False):
+        engine = fsdp_engine("fsdp8", tx.optim.sgd(LR), reshard_after_forward=reshard)
+        state = engine.create_state(params, stacked="blocks")
+        temps[reshard] = gpt_pipeline_step.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
+    assert temps[False] - temps[True] >= (layers - 2) * layer_bytes, (temps, layer_bytes)
