@@ -18,7 +18,10 @@ node names:
   ``reshard_after_forward``, keeps no gathered layer for the backward: the
   pullback's residuals that are the gathered parameters are dropped and
   gathered again in the backward (``fsdp_regather_layers``). Under
-  accumulation everything is gathered once per step instead.
+  accumulation, and under pipeline parallelism (each stage then gathers only
+  its own blocks, once for all its microbatches), everything is gathered once
+  per step before the step's function runs, and the gradients are
+  reduce-scattered once after it.
 
 Gradients of the parameters FSDP keeps whole are averaged over the FSDP axes
 by ``fsdp_whole_grads``. Every reduce-scatter takes the mean, as the
@@ -63,6 +66,8 @@ class FSDPPlan:
     """Devices along the FSDP axes."""
     stage: int
     accumulate_steps: int
+    pipelined: bool
+    """Under pipeline parallelism every shard is gathered once per step, before the schedule runs."""
     reshard_after_forward: bool
     dims: dict[str, int | None]
     """Each parameter path's FSDP dimension (of the stored shape), ``None`` for whole."""
@@ -88,6 +93,7 @@ class FSDPPlan:
             size=ir.group_size(node.axes),
             stage=node.stage,
             accumulate_steps=ir.accumulate_steps(),
+            pipelined=ir.pipeline_parallel() is not None,
             reshard_after_forward=node.reshard_after_forward,
             dims={p.path: p.fsdp_dim for p in params},
             gather_kind={p.path: p.fsdp_gather for p in params},
@@ -118,7 +124,7 @@ class FSDPPlan:
     def grads_arrive_scattered(self) -> bool:
         """Whether the sharded parameters' gradients reach the update already scattered: by the
         gathers' backward (stage 3 without accumulation) or per microbatch (stage 2 with it)."""
-        return (self.stage == 3 and self.accumulate_steps == 1) or self.scatters_per_microbatch
+        return self.gathers_in_backward or self.scatters_per_microbatch
 
     @property
     def scatters_per_microbatch(self) -> bool:
@@ -127,9 +133,9 @@ class FSDPPlan:
 
     @property
     def gathers_in_backward(self) -> bool:
-        """Stage 3 without accumulation: ``tx.value_and_grad`` and ``tx.pipeline.value_and_grad``
+        """Stage 3 without accumulation or pipeline: ``tx.value_and_grad`` and ``tx.pipeline.value_and_grad``
         gather the shards themselves, their backward reduce-scatters."""
-        return self.stage == 3 and self.accumulate_steps == 1
+        return self.stage == 3 and self.accumulate_steps == 1 and not self.pipelined
 
     # -- stages 1 and 2: update a slice, gather it ------------------------
     def take_shards(self, params: Any) -> Any:
@@ -168,7 +174,7 @@ class FSDPPlan:
 
     # -- stage 3: gather before use, scatter in the backward -----------------
     def gather_all(self, params: Any) -> Any:
-        """Every sharded parameter gathered whole, once per step (stage 3 under accumulation)."""
+        """Every sharded parameter gathered whole, once per step (stage 3 under accumulation or a pipeline)."""
         return self.gather(params, self.dims_of(params)) if self.gather is not None else params
 
     def gather_for_step(self, params: Any) -> Any:

@@ -29,8 +29,7 @@ def did_you_mean(name: str, known: list[str]) -> str:
 @dataclass(frozen=True, kw_only=True)
 class CheckParallelAxes(Pass):
     """Reject unknown axes (TX201), an axis shared by two parallel dimensions
-    (TX202), an axis repeated within one dimension (TX205), and FSDP beside
-    pipeline parallelism (TX243, not supported yet)."""
+    (TX202), and an axis repeated within one dimension (TX205)."""
 
     name = "check-parallel-axes"
     validates = True
@@ -65,11 +64,3 @@ class CheckParallelAxes(Pass):
                         node.location,
                     )
                 owner.setdefault(axis, label)
-        fsdp, pp = ir.fully_sharded(), ir.pipeline_parallel()
-        if fsdp is not None and pp is not None:
-            ctx.error(
-                "TX243",
-                "fully sharded data parallelism beside pipeline parallelism is not supported yet",
-                "use data_parallel with the pipeline, or FSDP (with tensor parallelism) without one",
-                fsdp.location,
-            )

@@ -17,7 +17,8 @@ Dimensions are counted in each layer's shape for stacked blocks (their dimension
 ``param`` node records the dimension of the stored shape. Under stage 3 the
 parameter's spec splits that dimension too; a stacked layer is then gathered
 inside the scan over layers (``fsdp_gather = layer``) unless gradients are
-accumulated, when everything is gathered once per step (``step``).
+accumulated or a pipeline runs the blocks, when everything is gathered once per
+step (``step``): each pipeline stage then gathers only its own blocks.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ class FSDPLayouts:
     group: int
     """Devices along the FSDP axes."""
     accumulate_steps: int
+    pipelined: bool
+    """Under pipeline parallelism each stage's blocks are gathered once per step, before the schedule runs."""
     matched: set[str] = field(default_factory=set)
     """Patterns of the FSDP rules that matched some parameter."""
 
@@ -52,7 +55,12 @@ class FSDPLayouts:
         node = ir.fully_sharded()
         if node is None:
             return None
-        return cls(node=node, group=ir.group_size(node.axes), accumulate_steps=ir.accumulate_steps())
+        return cls(
+            node=node,
+            group=ir.group_size(node.axes),
+            accumulate_steps=ir.accumulate_steps(),
+            pipelined=ir.pipeline_parallel() is not None,
+        )
 
     @property
     def entry(self) -> str | tuple[str, ...]:
@@ -119,7 +127,7 @@ class FSDPLayouts:
         if self.node.stage < 3:
             return spec, dim, None
         split = tuple(self.entry if i == dim else entry for i, entry in enumerate(spec))
-        gather = "layer" if stacked and self.accumulate_steps == 1 else "step"
+        gather = "layer" if stacked and self.accumulate_steps == 1 and not self.pipelined else "step"
         return split, dim, gather
 
     def report_unmatched(self, paths: list[str], ctx: PassContext) -> None:
