@@ -23,6 +23,7 @@ from titanax import nn
 from titanax.errors import PlanError, StepFnError
 
 LR = 0.1
+SLOW = pytest.mark.slow
 
 
 def gpt_params(layers: int = 2) -> dict:
@@ -129,7 +130,7 @@ ADAMW = optax.adamw(1e-2, eps=1e-4, weight_decay=0.1)
     ("plan_name", "fsdp"),
     [
         ("fsdp8", {"stage": 3}),
-        ("hsdp2x4", {"stage": 1}),
+        pytest.param("hsdp2x4", {"stage": 1}, marks=SLOW),
     ],
     ids=["stage3", "hsdp-stage1"],
 )
@@ -223,8 +224,17 @@ def test_stages_1_and_2_keep_parameters_whole_and_shard_the_optimizer_state():
     assert node.fsdp_dim == 2 and node.spec == (None, None, None)
 
 
-@pytest.mark.parametrize("plan_name", ["fsdp8", "hsdp2x4", "fsdp4xtp2"])
-@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize(
+    ("plan_name", "stage"),
+    [
+        ("fsdp8", 3),
+        ("hsdp2x4", 1),
+        ("fsdp4xtp2", 3),
+        pytest.param("fsdp8", 1, marks=SLOW),
+        pytest.param("hsdp2x4", 3, marks=SLOW),
+        pytest.param("fsdp4xtp2", 1, marks=SLOW),
+    ],
+)
 def test_the_compiled_step_moves_exactly_the_ir_collectives(plan_name, stage):
     engine = fsdp_engine(plan_name, tx.optim.sgd(LR), stage=stage)
     state = engine.create_state(gpt_params(), stacked="blocks")
@@ -264,7 +274,7 @@ def test_stage2_under_accumulation_scatters_each_microbatch():
     assert str(scatter.cadence) == "step" and scatter.executions == 1
 
 
-@pytest.mark.parametrize("compute", ["bfloat16", "float16"])
+@pytest.mark.parametrize("compute", ["float16", pytest.param("bfloat16", marks=SLOW)])
 def test_precision_policies_match_plain_dp_under_the_same_policy(compute):
     """The shards are cast before they are gathered (the gathers move the compute dtype) and, under
     float16, the loss is scaled and the overflow count summed over the FSDP axis too. Against DP with
