@@ -3,9 +3,10 @@
     python tests/mp_worker.py MODE OUT.json [CHECKPOINT_DIR]
 
 MODE: ``dp`` (DP over every device), ``dp_tp`` (DP x TP, data=2 x model=4),
-``save`` (train 3 steps under DP, checkpoint), ``restore`` (restore that
-checkpoint under DP), ``die`` (rank 1 kills itself at step 3). Process 0
-writes the losses and the full parameters to OUT.json.
+``fsdp`` (FSDP stage 3 over every device), ``save`` / ``fsdp_save`` (train 3
+steps under DP / FSDP, checkpoint), ``restore`` (restore that checkpoint under
+DP), ``die`` (rank 1 kills itself at step 3). Process 0 writes the losses and
+the full parameters to OUT.json.
 """
 
 import json
@@ -49,7 +50,7 @@ def train_step(state, batch):
         h = jnp.tanh(nn.column_dense(params["dense1"], batch["x"]))
         return jnp.mean((nn.row_dense(params["dense2"], h) - batch["y"]) ** 2)
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    loss, grads = tx.value_and_grad(loss_fn)(state.params)
     return state.apply_gradients(grads=grads), {"loss": loss}
 
 
@@ -74,6 +75,9 @@ def main():
     if mode == "dp_tp":
         mesh = tx.MeshSpec(axes=("data", "model"), shape=(2, 4))
         plan = tx.Plan(data_parallel=tx.DP(axis="data"), tensor_parallel=tx.TP(axis="model", rules=TP_RULES))
+    elif mode.startswith("fsdp"):
+        mesh = tx.MeshSpec(axes=("fsdp",))
+        plan = tx.Plan(fully_sharded=tx.FSDP(axis="fsdp", stage=3, min_size=16))
     else:
         mesh = tx.MeshSpec(axes=("data",))
         plan = tx.Plan(data_parallel=tx.DP(axis="data"))
@@ -98,7 +102,8 @@ def main():
 
         state = engine.fit(train_step, batches, steps=1000, log_every=1, progress=False)
     else:
-        state = engine.fit(train_step, data, steps=3 if mode == "save" else 5, log_every=1, progress=False)
+        steps = 3 if mode.endswith("save") else 5
+        state = engine.fit(train_step, data, steps=steps, log_every=1, progress=False)
     engine.close()
     params = multihost_utils.process_allgather(state.params, tiled=True)
     if jax.process_index() == 0:

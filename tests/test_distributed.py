@@ -85,6 +85,18 @@ def test_two_processes_of_four_devices_with_dp_x_tp_match_one_process_of_eight(t
 
 
 @pytest.mark.slow
+def test_fsdp_over_two_processes_matches_one_process_and_its_checkpoint_restores_under_dp(tmp_path):
+    single = run_single("fsdp", tmp_path / "single.json", 8)
+    double, _ = run_launched("fsdp", tmp_path / "double.json", 2, 4)
+    assert_same_run(single, double)
+    # Each process wrote its own shards; one process of 8 devices reads them back whole under DP.
+    saved_by_two, _ = run_launched("fsdp_save", tmp_path / "saved2.json", 2, 4, tmp_path / "ckpt")
+    restored_in_one = run_single("restore", tmp_path / "restored1.json", 8, tmp_path / "ckpt")
+    assert restored_in_one["host_step"] == 3
+    assert_same_run({**saved_by_two, "losses": []}, {**restored_in_one, "losses": []}, tol=0)
+
+
+@pytest.mark.slow
 def test_checkpoints_move_between_process_counts(tmp_path):
     saved_by_two, _ = run_launched("save", tmp_path / "saved2.json", 2, 4, tmp_path / "ckpt2")
     restored_in_one = run_single("restore", tmp_path / "restored1.json", 8, tmp_path / "ckpt2")
