@@ -10,7 +10,9 @@ JAX derives from them. Outside a step, or without TP, the same functions are
 plain single-device math, which is what the tests compare against.
 
 Layouts (input dimension first, heads before the per-head dimension, so that a
-``column`` split divides whole heads): see :func:`init_gpt_block`.
+``column`` split divides whole heads): see :func:`init_gpt_block` and, for the
+Llama family (RMSNorm, rotary positions, SwiGLU, grouped-query attention),
+:mod:`titanax.nn.llama`.
 """
 
 from titanax.nn.gpt import GPT_PIPELINE, gpt_block, gpt_forward, gpt_loss, init_gpt, init_gpt_block
@@ -26,11 +28,35 @@ from titanax.nn.layers import (
     vocab_cross_entropy,
     vocab_embed,
 )
+from titanax.nn.llama import (
+    LLAMA_PIPELINE,
+    LLAMA_TP_RULES,
+    init_llama,
+    init_llama_block,
+    llama_attention,
+    llama_block,
+    llama_forward,
+    llama_loss,
+    rms_norm,
+    rotary,
+    swiglu,
+)
 from titanax.nn.rules import GPT_TP_RULES
 
 __all__ = [
     "GPT_PIPELINE",
     "GPT_TP_RULES",
+    "LLAMA_PIPELINE",
+    "LLAMA_TP_RULES",
+    "init_llama",
+    "init_llama_block",
+    "llama_attention",
+    "llama_block",
+    "llama_forward",
+    "llama_loss",
+    "rms_norm",
+    "rotary",
+    "swiglu",
     "attention",
     "column_dense",
     "gather_sequence",
