@@ -293,18 +293,22 @@ def test_a_permute_in_the_wrong_direction_fails_the_audit():
 @pytest.mark.parametrize(
     "plan",
     [
-        "3d",
-        pytest.param("dp", marks=pytest.mark.slow),
-        pytest.param("tp", marks=pytest.mark.slow),
-        pytest.param("dp_tp", marks=pytest.mark.slow),
-        pytest.param("dp_tp_sp", marks=pytest.mark.slow),
-        pytest.param("dp_pp", marks=pytest.mark.slow),
+        "gpt_small/plans/3d",
+        pytest.param("gpt_small/plans/dp", marks=pytest.mark.slow),
+        pytest.param("gpt_small/plans/tp", marks=pytest.mark.slow),
+        pytest.param("gpt_small/plans/dp_tp", marks=pytest.mark.slow),
+        pytest.param("gpt_small/plans/dp_tp_sp", marks=pytest.mark.slow),
+        pytest.param("gpt_small/plans/dp_pp", marks=pytest.mark.slow),
+        pytest.param("gpt_small/plans/fsdp", marks=pytest.mark.slow),
+        pytest.param("gpt_small/plans/fsdp_tp", marks=pytest.mark.slow),
+        pytest.param("llama_small/plans/3d", marks=pytest.mark.slow),
+        pytest.param("llama_small/plans/fsdp_tp", marks=pytest.mark.slow),
     ],
 )
 def test_every_example_plan_passes_the_audit(plan, capsys):
     from titanax.cli import main
 
-    assert main(["audit", f"examples/gpt_small/plans/{plan}.tx"]) == 0
+    assert main(["audit", f"examples/{plan}.tx"]) == 0
     out = capsys.readouterr().out
     assert "ok: the compiled step communicates exactly what the IR lists" in out
     assert "all-reduce" in out and "HLO bytes" in out

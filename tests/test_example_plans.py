@@ -10,7 +10,7 @@ import titanax as tx
 from titanax.cli import main
 
 ROOT = Path(__file__).parent.parent
-PLANS = sorted((ROOT / "examples").glob("plans/*.tx")) + sorted((ROOT / "examples").glob("gpt_small/plans/*.tx"))
+PLANS = sorted((ROOT / "examples").glob("plans/*.tx")) + sorted((ROOT / "examples").glob("*/plans/*.tx"))
 
 
 @pytest.mark.parametrize("path", PLANS, ids=lambda path: str(path.relative_to(ROOT / "examples")))

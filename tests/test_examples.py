@@ -1,5 +1,6 @@
 """The examples run as a user would run them, in a fresh process."""
 
+import json
 import os
 import re
 import subprocess
@@ -43,26 +44,17 @@ def test_minimal_dp_trains():
     assert len(losses) == 4 and losses[-1] < losses[0] / 10
 
 
-def run_gpt(plan, steps):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / "gpt_small" / "train.py"),
-            "--plan",
-            plan,
-            "--steps",
-            str(steps),
-            "--log-every",
-            "10",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run_trainer(example, plan, steps):
+    """Run ``examples/EXAMPLE/train.py`` under ``plan`` for ``steps`` steps; its last line of JSON."""
+    script = ROOT / "examples" / example / "train.py"
+    command = [sys.executable, str(script), "--plan", plan, "--steps", str(steps), "--log-every", "10"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    import json
-
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_gpt(plan, steps):
+    return run_trainer("gpt_small", plan, steps)
 
 
 def test_gpt_small_dp_x_tp_loss_falls():
@@ -85,6 +77,13 @@ def test_gpt_small_plans_check_and_compile_with_the_model():
     assert main(["fmt", "--check", *map(str, plans)]) == 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("plan", ["dp", "dp_tp", "3d", "fsdp_tp"])
+def test_llama_small_every_plan_trains(plan):
+    result = run_trainer("llama_small", plan, 60)
+    assert result["eval_loss_end"] < result["eval_loss_start"] - 1.0  # from ~4.6 (uniform over 96 symbols)
+
+
 def run_mnist(*flags, launch=None, progress=False):
     progress_flag = [] if progress else ["--no-progress"]
     command = [sys.executable, str(ROOT / "examples" / "mnist_dp" / "train.py"), *progress_flag, *flags]
@@ -93,8 +92,6 @@ def run_mnist(*flags, launch=None, progress=False):
         command = [*launcher, "--devices-per-process", str(8 // launch), "--", *command]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    import json
-
     last = result.stdout.strip().splitlines()[-1]
     summary = json.loads(last.split("] ", 1)[1] if launch else last)
     summary["log"] = result.stderr
