@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
 
-    vocab, d, heads = 1024, args.d_model, max(4, args.d_model // 64)
+    vocab, d, heads = 1024, args.d_model, max(4, args.d_model // 32)
     if args.model == "llama":
         params = nn.init_llama(
             jax.random.PRNGKey(0), vocab=vocab, d_model=d, heads=heads, kv_heads=heads // 2,
