@@ -32,9 +32,9 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from auto_partitioner import auto_partitioned  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
 
 import titanax as tx  # noqa: E402
 from titanax import nn  # noqa: E402
@@ -91,28 +91,16 @@ def main() -> None:
 
     # -- automatic partitioner with the FSDP-3 specs ---------------------------------
     mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
-    fsdp_state = states["fsdp3"]
-    param_shardings = jax.tree.map(lambda a: NamedSharding(mesh, a.sharding.spec), fsdp_state.params)
-    opt_shardings = jax.tree.map(lambda a: NamedSharding(mesh, a.sharding.spec), fsdp_state.opt_state)
-    auto_params = jax.tree.map(lambda x, s: jax.device_put(jnp.array(x), s), params, param_shardings)
-    auto_opt = jax.jit(optimizer.init, out_shardings=opt_shardings)(auto_params)
-    batch_sharding = NamedSharding(mesh, P("fsdp"))
     model = nn.GPT_PIPELINE
-
-    def auto_step(params, opt_state, batch):
-        loss_fn = lambda p: sequential_loss(model.first, model.block, model.last, model.blocks, p, batch)  # noqa: E731
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    auto_jit = jax.jit(
-        auto_step,
-        in_shardings=(param_shardings, opt_shardings, batch_sharding),
-        out_shardings=(param_shardings, opt_shardings, NamedSharding(mesh, P())),
-        donate_argnums=(0, 1),
+    auto = auto_partitioned(
+        states["fsdp3"],
+        params,
+        optimizer,
+        lambda p, b: sequential_loss(model.first, model.block, model.last, model.blocks, p, b),
+        mesh,
+        batch,
+        ("fsdp",),
     )
-    auto_batch = jax.device_put(batch, batch_sharding)
-    auto_compiled = auto_jit.lower(auto_params, auto_opt, auto_batch).compile()
 
     # -- time DP and FSDP-3, interleaved, the order alternating ------------------------
     times = {"dp": [], "fsdp3": []}
@@ -141,7 +129,7 @@ def main() -> None:
             f"{name:6} params+opt/device={r['state'] / 2**20:8.2f} MiB temp={r['temp'] / 2**20:7.2f} MiB "
             f"collective bytes/step/device={total:11d} {by_op} median_step={r['ms']:.1f} ms"
         )
-    auto_total, auto_by_op = collective_bytes(auto_compiled)
+    auto_total, auto_by_op = collective_bytes(auto.compiled)
     print(f"auto   collective bytes/step/device={auto_total:11d} {auto_by_op}")
     print(f"one layer of whole parameters: {layer_bytes / 2**20:.2f} MiB; losses agree: {losses_agree}")
     dp, fsdp = report["dp"], report["fsdp3"]

@@ -25,9 +25,9 @@ import time
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from auto_partitioner import auto_partitioned  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
 
 import titanax as tx  # noqa: E402
 from titanax import nn  # noqa: E402
@@ -85,26 +85,16 @@ def main() -> None:
 
     # -- automatic partitioner, same specs -------------------------------------
     mesh = jax.make_mesh((args.dp, args.tp), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto))
-    specs = jax.tree.map(lambda a: a.sharding.spec, state.params)
-    param_shardings = jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    auto_params = jax.tree.map(lambda x, s: jax.device_put(jnp.array(x), s), params, param_shardings)
-    opt_shardings = jax.tree.map(lambda a: NamedSharding(mesh, a.sharding.spec), state.opt_state)
-    auto_opt = jax.jit(optimizer.init, out_shardings=opt_shardings)(auto_params)
-    batch_sharding = NamedSharding(mesh, P("data"))
-
-    def auto_step(params, opt_state, batch):
-        loss, grads = jax.value_and_grad(nn.gpt_loss)(params, batch["ids"], batch["labels"])
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    auto_jit = jax.jit(
-        auto_step,
-        in_shardings=(param_shardings, opt_shardings, batch_sharding),
-        out_shardings=(param_shardings, opt_shardings, NamedSharding(mesh, P())),
-        donate_argnums=(0, 1),
+    auto = auto_partitioned(
+        state, params, optimizer, lambda p, b: nn.gpt_loss(p, b["ids"], b["labels"]), mesh, batch, ("data",)
     )
-    auto_batch = jax.device_put(batch, batch_sharding)
-    auto_compiled = auto_jit.lower(auto_params, auto_opt, auto_batch).compile()
+    auto_params, auto_opt, auto_batch, auto_jit, auto_compiled = (
+        auto.params,
+        auto.opt_state,
+        auto.batch,
+        auto.step,
+        auto.compiled,
+    )
 
     # -- time, interleaved; both batches placed once, and the order alternates ----
     titanax_batch = titanax_step.compiled(state).place_batch(batch)

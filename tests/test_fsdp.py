@@ -43,6 +43,15 @@ def optax_reference(optimizer, value_and_grad, params, batches):
     return np.array(losses), first_grads, params
 
 
+def run_steps(step, state, batches):
+    """``state`` after ``step`` on each batch in turn, the losses, and the last step's metrics."""
+    losses, metrics = [], {}
+    for batch in batches:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    return state, losses, metrics
+
+
 def keep_gradients() -> optax.GradientTransformation:
     """An optimizer that changes nothing and keeps the gradients it was given as its state, so a
     test reads the step's synchronised gradients exactly (in the optimizer state's layout)."""
@@ -94,10 +103,7 @@ def check_against_reference(plan_name, optimizer, *, steps=5, **fsdp):
     assert max_relative_error(jax.device_get(kept.opt_state), ref_grads) < 1e-5
     engine = fsdp_engine(plan_name, optimizer, **fsdp)
     state = engine.create_state(params, stacked="blocks")
-    losses = []
-    for batch in batches:
-        state, metrics = gpt_pipeline_step(state, batch)
-        losses.append(float(metrics["loss"]))
+    state, losses, _ = run_steps(gpt_pipeline_step, state, batches)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
     return engine, state
@@ -183,10 +189,7 @@ def test_a_plain_model_under_stage3_gathers_once_per_step():
     # (4, 16) splits its 16 columns; (16, 3) its 16 rows; the 16-bias splits; the 3-bias stays whole.
     assert dims == {"dense1/w": 1, "dense1/b": 0, "dense2/w": 0, "dense2/b": None}
     ref_losses, _, ref_params = optax_reference(tx.optim.sgd(LR), jax.value_and_grad(mlp_loss), params, batches)
-    losses = []
-    for batch in batches:
-        state, metrics = step(state, batch)
-        losses.append(float(metrics["loss"]))
+    state, losses, _ = run_steps(step, state, batches)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
     assert step.audit(state, batches[0]).ok
@@ -294,10 +297,7 @@ def test_precision_policies_match_plain_dp_under_the_same_policy(compute):
     ):
         engine = tx.Engine(mesh=mesh, plan=plan, optimizer=tx.optim.sgd(LR))
         state = engine.create_state(params, stacked="blocks")
-        losses = []
-        for batch in batches:
-            state, metrics = gpt_pipeline_step(state, batch)
-            losses.append(float(metrics["loss"]))
+        state, losses, metrics = run_steps(gpt_pipeline_step, state, batches)
         runs[name] = (losses, jax.device_get(state.params), metrics, engine, state)
     np.testing.assert_allclose(runs["fsdp"][0], runs["dp"][0], rtol=2e-3)
     assert max_relative_error(runs["fsdp"][1], runs["dp"][1]) < 1e-2
@@ -375,10 +375,7 @@ def test_an_interleaved_pipeline_under_fsdp_matches_one_device():
         optimizer=tx.optim.sgd(LR),
     )
     state = engine.create_state(params, stacked="blocks")
-    losses = []
-    for batch in batches:
-        state, metrics = gpt_pipeline_step(state, batch)
-        losses.append(float(metrics["loss"]))
+    state, losses, _ = run_steps(gpt_pipeline_step, state, batches)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     assert max_relative_error(jax.device_get(engine.params_in_model_order(state)), ref_params) < 1e-5
 

@@ -392,7 +392,8 @@ class CompiledStep:
         plan = self.plan
         params = state.params
         if plan.fsdp is not None and plan.fsdp.stage == 3 and not plan.fsdp.gathers_in_backward:
-            params = plan.fsdp.gather_all(params)  # under accumulation: once per step, not per microbatch
+            # Under accumulation or a pipeline: gathered once per step, not once per microbatch.
+            params = plan.fsdp.gather_all(params)
         # Parameters vary over the batch axes so that autodiff adds no hidden reduction (FSDP shards already do).
         seen = state.replace(params=cast_floating(ensure_varying_tree(params, plan.dp_axes), plan.compute_dtype))
         batch = cast_floating(batch, plan.compute_dtype)
