@@ -2,14 +2,15 @@
 
 The program, per device:
 
-1. parameters are marked varying over the DP axes (so autodiff adds no hidden
-   reduction);
+1. parameters are marked varying over the DP (and FSDP) axes, so autodiff adds no
+   hidden reduction;
 2. the user's function runs on the local batch shard, once or once per
    microbatch inside a ``lax.scan`` when ``accumulate_steps > 1``;
 3. the gradients pass through the IR's gradient collectives (one all-reduce
-   mean over the DP axes), the optimizer runs on each device's parameter
-   shards (whole parameters without tensor parallelism), and the metrics pass
-   through the IR's metric collectives.
+   mean over the DP axes; under FSDP first its reduce-scatters, see
+   :mod:`titanax.lowering.fully_sharded`), the optimizer runs on each device's
+   parameter shards (whole parameters without tensor parallelism or FSDP), and
+   the metrics pass through the IR's metric collectives.
 
 Under a precision policy the parameters the user's function sees and the
 floating batch leaves are cast to the compute dtype (integer leaves never are),
