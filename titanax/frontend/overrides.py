@@ -33,7 +33,7 @@ __all__ = ["Override", "apply_overrides", "parse_set"]
 _SETTINGS: dict[str, dict[str, str]] = {
     "data_parallel": {"accumulate_steps": "int"},
     "fully_sharded": {"stage": "int", "min_size": "int", "reshard_after_forward": "bool", "accumulate_steps": "int"},
-    "tensor_parallel": {"sequence_parallel": "bool"},
+    "tensor_parallel": {"sequence_parallel": "bool", "weight_layout": "name"},
     "pipeline": {
         "microbatches": "int",
         "schedule": "name",

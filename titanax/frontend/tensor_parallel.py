@@ -8,10 +8,14 @@ from dataclasses import dataclass, field
 from titanax.errors import Location, PlanError
 from titanax.frontend.axes import axes_tuple
 
-__all__ = ["ROLES", "Rule", "SpecEntry", "TP"]
+__all__ = ["ROLES", "Rule", "SpecEntry", "TP", "WEIGHT_LAYOUTS"]
 
 ROLES = ("column", "row", "replicated")
 """Named layouts a rule may give instead of an explicit partition spec."""
+
+WEIGHT_LAYOUTS = ("in_out", "out_in")
+"""How the model stores a weight matrix: ``(in, out)`` (Flax, Haiku, ``titanax.nn``) or ``(out, in)``
+(Equinox, PyTorch); ``column`` and ``row`` rules split the right dimension for either."""
 
 SpecEntry = str | tuple[str, ...] | None
 """One dimension of a partition spec: unsharded, one axis, or several axes (outermost first)."""
@@ -100,6 +104,9 @@ class TP:
     sequence_parallel: bool = False
     """Shard activations along the sequence around norms and dropout (reduce-scatter and
     all-gather instead of one all-reduce)."""
+    weight_layout: str = "in_out"
+    """How the model stores its weight matrices: ``in_out`` (input dimension first) or ``out_in``
+    (Equinox's and PyTorch's ``(out, in)``); see :data:`WEIGHT_LAYOUTS`."""
     location: Location | None = field(default=None, compare=False, repr=False)
     """Where the dimension was declared, when it came from a ``.tx`` file."""
 
@@ -111,6 +118,12 @@ class TP:
                 "TX204",
                 f"TP(sequence_parallel={self.sequence_parallel!r}) must be True or False",
                 "write sequence_parallel=True",
+            )
+        if self.weight_layout not in WEIGHT_LAYOUTS:
+            raise PlanError.single(
+                "TX204",
+                f"TP(weight_layout={self.weight_layout!r}) must be one of {WEIGHT_LAYOUTS}",
+                'write weight_layout="out_in" for weights stored (out, in), as Equinox and PyTorch store them',
             )
 
     @property

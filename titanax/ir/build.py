@@ -77,7 +77,10 @@ def _build_data_parallel(ir: PlanIR, dp: DP) -> None:
 
 
 def _build_tensor_parallel(ir: PlanIR, tp: TP) -> None:
-    _add(ir, "tp", TensorParallelNode(axes=tp.axes, sequence_parallel=tp.sequence_parallel, location=tp.location))
+    node = TensorParallelNode(
+        axes=tp.axes, sequence_parallel=tp.sequence_parallel, weight_layout=tp.weight_layout, location=tp.location
+    )
+    _add(ir, "tp", node)
     for index, rule in enumerate(tp.rules):
         if isinstance(rule.layout, str):
             node = ShardRuleNode(pattern=rule.pattern, role=rule.layout, axes=tp.axes, location=rule.location)

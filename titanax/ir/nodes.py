@@ -230,9 +230,12 @@ class TensorParallelNode(Node):
 
     kind = NodeKind.PARALLEL_DIM
     type_name = "parallel_dim.tensor"
+    unprinted_defaults = ("weight_layout",)
     axes: tuple[str, ...]
     sequence_parallel: bool = False
     """Activations are sharded along the sequence around norms (reduce-scatter + all-gather)."""
+    weight_layout: str = "in_out"
+    """``in_out`` or ``out_in``: which dimension of a stored matrix ``column`` and ``row`` split."""
 
     @property
     def axis_names(self) -> tuple[str, ...]:

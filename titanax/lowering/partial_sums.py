@@ -410,7 +410,9 @@ def partial_sum_diagnostics(closed_jaxpr: Any, tp_axes: Iterable[str]) -> list[D
             ),
             hint=(
                 f"reduce it right where it is made: tx.collectives.psum(y, {p.axes[0]!r}) after the matmul at "
-                f"{p.made_at} (titanax.nn.row_dense does this for a row-parallel layer)"
+                f"{p.made_at} (titanax.nn.row_dense does this for a row-parallel layer; for a stock nnx.Linear "
+                "or eqx.nn.Linear, use titanax.nn.nnx_layers.RowParallelLinear or "
+                "titanax.nn.eqx_layers.RowParallelLinear, which also add the bias after the reduction)"
             ),
         )
         for p in problems

@@ -21,7 +21,13 @@ P = jax.P
 
 
 def path_text(path: tuple[Any, ...]) -> str:
-    """A pytree key path as the ``/``-joined text shard rules match: ``block/attn/qkv/w``."""
+    """A pytree key path as the ``/``-joined text shard rules match: ``block/attn/qkv/w``.
+
+    A final ``.value`` attribute is dropped: Flax NNX keeps each parameter in a variable whose
+    array is its ``value``, and its rules should read ``up/kernel``, not ``up/kernel/value``.
+    """
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        path = path[:-1]
     return "/".join(_key_text(key) for key in path)
 
 

@@ -10,7 +10,9 @@ the one with fewer wildcards; the default rule (``**``, replicated) loses to
 every tensor-parallel rule. Two equally specific rules that give different
 layouts are an error (TX222), as is a rule that matches no parameter (TX221).
 
-Roles, for a parameter stored with its input dimension first:
+Roles, for a parameter stored with its input dimension first (``weight_layout = in_out``, the
+default; under ``out_in``, for models that store ``(out, in)`` as Equinox does, ``column`` splits
+dimension 0 and ``row`` the last):
 
 - ``replicated``: every device holds the whole parameter.
 - ``column``: split the first output dimension (dimension 1 of a matrix such as
@@ -219,7 +221,13 @@ class ResolveShardings(Pass):
         if rule.role == "replicated":
             spec: Spec = (None,) * ndim
         elif rule.role in ("column", "row"):
-            dim = 0 if rule.role == "row" or ndim == 1 else 1
+            stored_out_in = tp is not None and tp.weight_layout == "out_in"
+            if ndim == 1:
+                dim = 0
+            elif stored_out_in:  # (out, in): the output dimension comes first, the input last
+                dim = 0 if rule.role == "column" else ndim - 1
+            else:
+                dim = 0 if rule.role == "row" else 1
             if ndim == 0 or (rule.role == "row" and ndim == 1):
                 what = "a scalar" if ndim == 0 else "a vector (a row-parallel layer's bias stays replicated)"
                 ctx.error(

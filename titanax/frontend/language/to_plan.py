@@ -56,6 +56,7 @@ _EXAMPLES = {
     "microbatches": "8",
     "schedule": "1f1b",
     "sequence_parallel": "true",
+    "weight_layout": "out_in",
     "blocks": "blocks",
     "balance_tolerance": "1.25",
     "virtual_stages": "2",
@@ -325,7 +326,8 @@ class _Builder:
         )
 
     def tensor_parallel(self, stmt: ast.TensorParallelStmt) -> TP | None:
-        found, rule_items, _ = self.settings(stmt.block, {"sequence_parallel": "bool"}, "tensor_parallel", rules=True)
+        allowed = {"sequence_parallel": "bool", "weight_layout": "name"}
+        found, rule_items, _ = self.settings(stmt.block, allowed, "tensor_parallel", rules=True)
         rules = []
         for item in rule_items:
             if isinstance(item.value, ast.NameValue):
@@ -352,6 +354,7 @@ class _Builder:
                 axis=_axis_arg(stmt.axes),
                 rules=tuple(rules),
                 sequence_parallel=bool(seq and seq.value.name == "true"),
+                **({"weight_layout": found["weight_layout"].value.name} if "weight_layout" in found else {}),
                 location=self.header(stmt, stmt.axes),
             ),
             self.header(stmt, stmt.axes),
