@@ -95,6 +95,33 @@ def test_an_nnx_model_under_dp_x_tp_matches_itself_on_one_device():
     assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
 
 
+@pytest.mark.parametrize("stage", [1, 3])
+def test_an_nnx_model_under_fsdp_matches_itself_on_one_device(stage):
+    loss_fn, params = nnx_mlp("adapter")
+    data = batches(3)
+    fsdp8 = tx.MeshSpec(axes=("fsdp",), shape=(8,))
+    engine = tx.Engine(
+        mesh=fsdp8,
+        plan=tx.Plan(fully_sharded=tx.FSDP(axis="fsdp", stage=stage, min_size=16)),
+        optimizer=tx.optim.sgd(LR),
+    )
+
+    @tx.step_fn
+    def step(state, batch):
+        loss, grads = tx.value_and_grad(loss_fn)(state.params, batch)
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    state = engine.create_state(params)
+    assert {n.path: n.fsdp_dim for n in engine.ir.params()}["up/kernel"] == 1
+    losses = []
+    for batch in data:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    ref_losses, ref_params = sgd_on_one_device(loss_fn, params, data)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
+
+
 def test_a_stock_nnx_linear_as_the_row_parallel_layer_is_refused_with_the_adapter_named():
     loss_fn, params = nnx_mlp("stock")
     plan = tx.Plan(data_parallel=tx.DP(axis="data"), tensor_parallel=NNX_TP)
