@@ -122,6 +122,66 @@ def test_an_nnx_model_under_fsdp_matches_itself_on_one_device(stage):
     assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
 
 
+def test_nnx_blocks_stacked_into_a_pipeline_model_match_one_device_under_dp_x_tp_x_pp():
+    """The pipeline recipe: split each block, stack their states under "blocks", merge one layer per call."""
+    from titanax.nn.nnx_layers import RowParallelLinear
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.norm = nnx.LayerNorm(16, rngs=rngs)
+            self.up = nnx.Linear(16, 32, rngs=rngs)
+            self.down = RowParallelLinear(32, 16, rngs=rngs)
+
+        def __call__(self, x):
+            return x + self.down(jax.nn.gelu(self.up(self.norm(x))))
+
+    rngs = nnx.Rngs(0)
+    blocks = [Block(rngs) for _ in range(4)]
+    block_def, _ = nnx.split(blocks[0])
+    head_def, head = nnx.split(nnx.Linear(16, 4, rngs=rngs))
+    params = {"head": head, "blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.split(b)[1] for b in blocks])}
+
+    def block(layer, x):
+        return nnx.merge(block_def, layer)(x)
+
+    def last(params, x, batch):
+        return jnp.mean((nnx.merge(head_def, params["head"])(x) - batch["y"]) ** 2)
+
+    model = tx.PipelineModel(first=lambda params, batch: batch["x"], block=block, last=last)
+
+    def reference_loss(params, batch):
+        x = batch["x"]
+        for i in range(len(blocks)):
+            x = block(jax.tree.map(lambda a, i=i: a[i], params["blocks"]), x)
+        return last(params, x, batch)
+
+    rules = {"blocks/up/kernel": "column", "blocks/up/bias": "column", "blocks/down/kernel": "row"}
+    engine = tx.Engine(
+        mesh=tx.MeshSpec(axes=("data", "model", "pipe"), shape=(2, 2, 2)),
+        plan=tx.Plan(
+            data_parallel=tx.DP(axis="data"),
+            tensor_parallel=tx.TP(axis="model", rules=rules),
+            pipeline_parallel=tx.PP(axis="pipe", microbatches=2),
+        ),
+        optimizer=tx.optim.sgd(LR),
+    )
+
+    @tx.step_fn
+    def step(state, batch):
+        loss, grads = tx.pipeline.value_and_grad(model, state.params, batch)
+        return state.apply_gradients(grads=grads), {"loss": loss}
+
+    state = engine.create_state(params)
+    data = batches(3)
+    losses = []
+    for batch in data:
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    ref_losses, ref_params = sgd_on_one_device(reference_loss, params, data)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
+
+
 def test_a_stock_nnx_linear_as_the_row_parallel_layer_is_refused_with_the_adapter_named():
     loss_fn, params = nnx_mlp("stock")
     plan = tx.Plan(data_parallel=tx.DP(axis="data"), tensor_parallel=NNX_TP)
