@@ -420,6 +420,7 @@ def test_stacked_layers_need_the_pipeline_value_and_grad():
 
 
 # -- checkpoints -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_checkpoint_round_trips_fsdp8_to_dp2xtp4_and_back_bit_for_bit(tmp_path):
     """Saved under FSDP-8, restored under DP2 x TP4 bit for bit, trained a step there, saved, and restored
     under FSDP-8 bit for bit."""

@@ -122,6 +122,7 @@ def test_an_nnx_model_under_fsdp_matches_itself_on_one_device(stage):
     assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
 
 
+@pytest.mark.slow
 def test_nnx_blocks_stacked_into_a_pipeline_model_match_one_device_under_dp_x_tp_x_pp():
     """The pipeline recipe: split each block, stack their states under "blocks", merge one layer per call."""
     from titanax.nn.nnx_layers import RowParallelLinear
@@ -191,6 +192,7 @@ def test_a_stock_nnx_linear_as_the_row_parallel_layer_is_refused_with_the_adapte
     assert "nnx_layers.RowParallelLinear" in diagnostic.hint
 
 
+@pytest.mark.slow
 def test_the_flax_nnx_example_matches_one_device():
     import subprocess
     import sys

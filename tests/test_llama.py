@@ -126,7 +126,13 @@ PLANS = {
 
 
 @pytest.mark.parametrize(
-    "name", ["dp2xtp4", "dp2xtp4-sp", pytest.param("dp2xtp2xpp2", marks=pytest.mark.slow), "fsdp4xtp2"]
+    "name",
+    [
+        "dp2xtp4",
+        pytest.param("dp2xtp4-sp", marks=pytest.mark.slow),
+        pytest.param("dp2xtp2xpp2", marks=pytest.mark.slow),
+        "fsdp4xtp2",
+    ],
 )
 def test_llama_under_each_plan_matches_the_reference_with_sgd(name):
     axes, shape, dims, tp, stacked = PLANS[name]
