@@ -48,10 +48,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3, help="AdamW's learning rate (SGD's 0.1 under --check)")
     parser.add_argument("--check", action="store_true", help="train with SGD and compare with one device")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="change a plan setting (repeatable)")
     args = parser.parse_args()
 
     path = Path(args.plan) if args.plan.endswith(".tx") else HERE / "plans" / f"{args.plan}.tx"
-    loaded = tx.load_plan(path)
+    loaded = tx.load_plan(path, overrides=args.set or ())
     optimizer = tx.optim.sgd(0.1) if args.check else tx.optim.adamw(args.lr)
     engine = tx.Engine(mesh=loaded.mesh, plan=loaded.plan, optimizer=optimizer)
     _, params = build()
