@@ -29,6 +29,8 @@ __all__ = [
     "emit",
     "ensure_varying",
     "ensure_varying_tree",
+    "lowering_collective",
+    "lowering_collectives",
     "make_varying",
     "node_id_of_scope",
     "varying_axes",
@@ -118,6 +120,21 @@ class IRCollective:
     def __call__(self, tree: Any, dims: Any = None) -> Any:
         """Emit the collective on every array of ``tree`` (on the dimensions ``dims`` gives, see :func:`emit`)."""
         return emit(self.node_id, self.node, tree, dims)
+
+
+def lowering_collectives(ir: Any, operand: Operand) -> tuple[IRCollective, ...]:
+    """The collectives the lowering must emit for ``operand``, found by kind and origin (never by name)."""
+    return tuple(
+        IRCollective(node_id, node)
+        for node_id, node in ir.items(CollectiveNode)
+        if node.origin == "lowering" and node.operand == operand
+    )
+
+
+def lowering_collective(ir: Any, operand: Operand) -> IRCollective | None:
+    """The one collective the lowering emits for ``operand``, or ``None`` when the plan needs none."""
+    found = lowering_collectives(ir, operand)
+    return found[0] if found else None
 
 
 def make_varying(tree: Any, axes: tuple[str, ...]) -> Any:

@@ -165,15 +165,6 @@ class StepContext:
         finally:
             _ACTIVE.reset(token)
 
-    @contextlib.contextmanager
-    def without_fsdp(self) -> Iterator[None]:
-        """Within the block ``tx.value_and_grad`` gathers nothing (the caller gathered the shards itself)."""
-        fsdp, self.fsdp = self.fsdp, None
-        try:
-            yield
-        finally:
-            self.fsdp = fsdp
-
     def apply_gradients(self, seen_state: StepState, grads: Any) -> StepState:
         """Take the step's gradients; return the state the user's function should see next."""
         if self.called:

@@ -39,22 +39,10 @@ import jax
 from jax import lax
 
 from titanax.ir import Operand, PlanIR
-from titanax.ir.nodes import CollectiveNode
-from titanax.lowering.collectives import IRCollective, ensure_varying
+from titanax.lowering.collectives import IRCollective, ensure_varying, lowering_collective
 from titanax.lowering.sharding import path_text
 
 __all__ = ["FSDPPlan"]
-
-
-def _node(ir: PlanIR, operand: Operand) -> IRCollective | None:
-    return next(
-        (
-            IRCollective(node_id, node)
-            for node_id, node in ir.items(CollectiveNode)
-            if node.origin == "lowering" and node.operand == operand
-        ),
-        None,
-    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +75,7 @@ class FSDPPlan:
         if node is None:
             return None
         params = list(ir.params())
-        gather = _node(ir, Operand.FSDP_UPDATED_PARAMS) or _node(ir, Operand.FSDP_PARAMS)
+        gather = lowering_collective(ir, Operand.FSDP_UPDATED_PARAMS) or lowering_collective(ir, Operand.FSDP_PARAMS)
         return cls(
             axes=node.axes,
             size=ir.group_size(node.axes),
@@ -97,12 +85,12 @@ class FSDPPlan:
             reshard_after_forward=node.reshard_after_forward,
             dims={p.path: p.fsdp_dim for p in params},
             gather_kind={p.path: p.fsdp_gather for p in params},
-            scatter=_node(ir, Operand.FSDP_GRADS),
-            whole_grads=_node(ir, Operand.FSDP_WHOLE_GRADS),
+            scatter=lowering_collective(ir, Operand.FSDP_GRADS),
+            whole_grads=lowering_collective(ir, Operand.FSDP_WHOLE_GRADS),
             gather=gather,
-            gather_layers=_node(ir, Operand.FSDP_LAYER_PARAMS),
-            regather_layers=_node(ir, Operand.FSDP_LAYER_PARAMS_AGAIN),
-            scatter_layers=_node(ir, Operand.FSDP_LAYER_GRADS),
+            gather_layers=lowering_collective(ir, Operand.FSDP_LAYER_PARAMS),
+            regather_layers=lowering_collective(ir, Operand.FSDP_LAYER_PARAMS_AGAIN),
+            scatter_layers=lowering_collective(ir, Operand.FSDP_LAYER_GRADS),
         )
 
     # -- which arrays ------------------------------------------------------
@@ -152,10 +140,6 @@ class FSDPPlan:
         dims = treedef.flatten_up_to(self.dims_of(params))
         return jax.tree.unflatten(treedef, [take(x, d) for x, d in zip(leaves, dims, strict=True)])
 
-    def gather_updated(self, params: Any) -> Any:
-        """The updated slices gathered whole and replicated (stages 1 and 2)."""
-        return self.gather(params, self.dims_of(params)) if self.gather is not None else params
-
     # -- gradients ----------------------------------------------------------
     def scatter_gradients(self, grads: Any) -> Any:
         """Sharded parameters' gradients reduce-scattered (mean) into shards; whole ones untouched."""
@@ -174,7 +158,9 @@ class FSDPPlan:
 
     # -- stage 3: gather before use, scatter in the backward -----------------
     def gather_all(self, params: Any) -> Any:
-        """Every sharded parameter gathered whole, once per step (stage 3 under accumulation or a pipeline)."""
+        """Every sharded parameter gathered whole by ``fsdp_gather``, once per step: stage 3 under
+        accumulation or a pipeline (before the forward), stages 1 and 2 (the updated slices, which
+        the node's operand gathers back replicated)."""
         return self.gather(params, self.dims_of(params)) if self.gather is not None else params
 
     def gather_for_step(self, params: Any) -> Any:

@@ -369,7 +369,7 @@ class CompiledStep:
         if fsdp is None or fsdp.stage == 3:
             return apply_optimizer(state, grads)
         updated = apply_optimizer(state.replace(params=fsdp.take_shards(state.params)), grads)
-        return updated.replace(params=fsdp.gather_updated(updated.params))
+        return updated.replace(params=fsdp.gather_all(updated.params))
 
     def _context(self, state: StepState, accumulate: bool, microbatch: Any = None) -> StepContext:
         loss_scale = state.loss_scale

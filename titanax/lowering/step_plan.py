@@ -11,25 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from titanax.ir import Operand, PlanIR, Schedule, schedule_from_ir
-from titanax.ir.nodes import CollectiveNode
 from titanax.ir.stage_split import stage_split
-from titanax.lowering.collectives import IRCollective
+from titanax.lowering.collectives import IRCollective, lowering_collective, lowering_collectives
 from titanax.lowering.fully_sharded import FSDPPlan
 
 __all__ = ["PipelinePlan", "StepPlan"]
-
-
-def _lowering_collectives(ir: PlanIR, operand: Operand) -> tuple[IRCollective, ...]:
-    return tuple(
-        IRCollective(node_id, node)
-        for node_id, node in ir.items(CollectiveNode)
-        if node.origin == "lowering" and node.operand == operand
-    )
-
-
-def _one(ir: PlanIR, operand: Operand) -> IRCollective | None:
-    found = _lowering_collectives(ir, operand)
-    return found[0] if found else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,10 +84,10 @@ class StepPlan:
                 balance_tolerance=pp.balance_tolerance,
                 remat=ir.remat(),
                 stage_layers=split.counts if split is not None and not split.even else None,
-                activations=_one(ir, Operand.STAGE_ACTIVATIONS),
-                cotangents=_one(ir, Operand.STAGE_COTANGENTS),
-                replicated_gradients=_one(ir, Operand.REPLICATED_GRADIENTS),
-                loss=_one(ir, Operand.PIPELINE_LOSS),
+                activations=lowering_collective(ir, Operand.STAGE_ACTIVATIONS),
+                cotangents=lowering_collective(ir, Operand.STAGE_COTANGENTS),
+                replicated_gradients=lowering_collective(ir, Operand.REPLICATED_GRADIENTS),
+                loss=lowering_collective(ir, Operand.PIPELINE_LOSS),
             )
         return cls(
             mesh_axes=tuple(axis.name for axis in ir.axes()),
@@ -116,10 +102,10 @@ class StepPlan:
             output_dtype=policy.output if policy else None,
             loss_scaling=bool(policy and policy.loss_scaling == "dynamic"),
             loss_scale_growth_interval=policy.loss_scale_growth_interval if policy else 0,
-            gradient_sync=_lowering_collectives(ir, Operand.GRADIENTS),
-            metric_reduce=_lowering_collectives(ir, Operand.METRICS),
-            nonfinite_count=_lowering_collectives(ir, Operand.NONFINITE_COUNT),
-            state_guard=_lowering_collectives(ir, Operand.STATE_NONFINITE),
+            gradient_sync=lowering_collectives(ir, Operand.GRADIENTS),
+            metric_reduce=lowering_collectives(ir, Operand.METRICS),
+            nonfinite_count=lowering_collectives(ir, Operand.NONFINITE_COUNT),
+            state_guard=lowering_collectives(ir, Operand.STATE_NONFINITE),
             remat=ir.remat(),
             fsdp=FSDPPlan.from_ir(ir),
         )

@@ -213,15 +213,16 @@ class Engine:
         text = print_ir(self.ir)
         return text if self.state_memory is None else text + self.state_memory.table()
 
-    def _count_state(self, params: Any, opt_state: Any) -> None:
-        """Record :attr:`state_memory` for ``params`` and ``opt_state`` (arrays or shapes with shardings)."""
+    def _count_state(self, params: Any, opt_state: Any, specs: Any, updated_specs: Any) -> None:
+        """Record :attr:`state_memory` for ``params`` and ``opt_state`` (arrays or shapes with shardings),
+        given the parameters' specs and the specs of their updates (:func:`update_specs`)."""
         fsdp = self.ir.fully_sharded()
         # FSDP stages 2 and 3 keep gradients reduce-scattered, in the optimizer state's layout.
-        specs = update_specs if fsdp is not None and fsdp.stage >= 2 else param_specs
+        grad_specs = updated_specs if fsdp is not None and fsdp.stage >= 2 else specs
         grads = jax.tree.map(
             lambda x, spec: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(self.mesh, spec)),
             params,
-            specs(self.ir, params),
+            grad_specs,
         )
         self.state_memory = StateMemory.of(params, grads, opt_state)
 
@@ -251,11 +252,9 @@ class Engine:
         if layout is not None and isinstance(params, dict) and self._blocks_entry in params:
             # Each device's shard must hold its own chunks, or its stage padded: arrange before placing, on the host.
             params = {**params, self._blocks_entry: jax.tree.map(layout.to_storage_host, params[self._blocks_entry])}
-        specs = param_specs(self.ir, params)
+        specs, updated_specs = param_specs(self.ir, params), update_specs(self.ir, params)
         params = jax.tree.map(lambda x, spec: place_global(x, NamedSharding(self.mesh, spec)), params, specs)
-        opt_specs = optimizer_state_specs(
-            jax.eval_shape(self.optimizer.init, params), params, update_specs(self.ir, params)
-        )
+        opt_specs = optimizer_state_specs(jax.eval_shape(self.optimizer.init, params), params, updated_specs)
         fsdp = FSDPPlan.from_ir(self.ir)
         # Under FSDP stages 1 and 2 each device initialises the optimizer state of its own slice.
         sliced = fsdp.take_shards if fsdp is not None and fsdp.stage < 3 else (lambda p: p)
@@ -281,7 +280,7 @@ class Engine:
         self.host_step = 0
         self.data_position = 0
         self._adopt_layouts(specs, opt_specs, loss_scale is not None)
-        self._count_state(params, opt_state)
+        self._count_state(params, opt_state, specs, updated_specs)
         state = TrainState(step=step, params=params, opt_state=opt_state, rng=rng, loss_scale=loss_scale, engine=self)
         self.last_state = state
         return state
@@ -324,14 +323,14 @@ class Engine:
                     lambda x: jax.ShapeDtypeStruct((rows, *x.shape[1:]), x.dtype), shapes[self._blocks_entry]
                 ),
             }
-        specs = param_specs(self.ir, shapes)
+        specs, updated_specs = param_specs(self.ir, shapes), update_specs(self.ir, shapes)
 
         def placed(x: Any, spec: P) -> jax.ShapeDtypeStruct:
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(self.mesh, spec))
 
         params_abs = jax.tree.map(placed, shapes, specs)
         opt_shapes = jax.eval_shape(self.optimizer.init, params_abs)
-        opt_specs = optimizer_state_specs(opt_shapes, params_abs, update_specs(self.ir, shapes))
+        opt_specs = optimizer_state_specs(opt_shapes, params_abs, updated_specs)
         opt_abs = jax.tree.map(placed, opt_shapes, opt_specs, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
         step = placed(jax.ShapeDtypeStruct((), jnp.int32), P())
         rng = placed(jax.ShapeDtypeStruct((2,), jnp.uint32), replicated_spec(1))
@@ -341,7 +340,7 @@ class Engine:
             initial = LossScale.initial(policy.loss_scale_init)
             loss_scale = jax.tree.map(lambda x: placed(jax.ShapeDtypeStruct(x.shape, x.dtype), P()), initial)
         self._adopt_layouts(specs, opt_specs, loss_scale is not None)
-        self._count_state(params_abs, opt_abs)
+        self._count_state(params_abs, opt_abs, specs, updated_specs)
         return TrainState(step=step, params=params_abs, opt_state=opt_abs, rng=rng, loss_scale=loss_scale, engine=self)
 
     def memory_estimate(self, step: StepFn, params: Any, batch: Any, *, stacked: str | tuple[str, ...] = ()) -> Any:

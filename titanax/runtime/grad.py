@@ -17,7 +17,7 @@ import jax
 from titanax.errors import StepFnError
 from titanax.lowering import active_step_context
 
-__all__ = ["value_and_grad"]
+__all__ = ["loss_scaled_value_and_grad", "value_and_grad"]
 
 
 def value_and_grad(
@@ -36,8 +36,10 @@ def value_and_grad(
     def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
         ctx = active_step_context()
         if ctx is not None and ctx.fsdp is not None:
-            return _value_and_grad(_gathering(fn, ctx, argnums, args), ctx, argnums, has_aux)(*args, **kwargs)
-        return _value_and_grad(fn, ctx, argnums, has_aux)(*args, **kwargs)
+            return loss_scaled_value_and_grad(_gathering(fn, ctx, argnums, args), ctx, argnums, has_aux)(
+                *args, **kwargs
+            )
+        return loss_scaled_value_and_grad(fn, ctx, argnums, has_aux)(*args, **kwargs)
 
     return wrapped
 
@@ -76,10 +78,11 @@ def _gathering(fn: Callable[..., Any], ctx: Any, argnums: int | Sequence[int], a
     return gathered
 
 
-def _value_and_grad(
-    fn: Callable[..., Any], ctx: Any, argnums: int | Sequence[int], has_aux: bool
+def loss_scaled_value_and_grad(
+    fn: Callable[..., Any], ctx: Any, argnums: int | Sequence[int] = 0, has_aux: bool = False
 ) -> Callable[..., tuple[Any, Any]]:
-    """``jax.value_and_grad`` of ``fn``, the loss scaled by the step's float16 loss scale when it has one."""
+    """``jax.value_and_grad`` of ``fn``, the loss scaled by the step's (``ctx``'s) float16 loss scale when
+    it has one; no FSDP gathering (for callers that gathered the shards themselves)."""
 
     def wrapped(*args: Any, **kwargs: Any) -> tuple[Any, Any]:
         scale = ctx.loss_scale if ctx is not None else None

@@ -39,6 +39,7 @@ from titanax.errors import StepFnError
 from titanax.lowering import active_step_context
 from titanax.lowering.pipeline import sequential_loss
 from titanax.lowering.residuals import apply_remat
+from titanax.runtime.grad import loss_scaled_value_and_grad
 from titanax.runtime.grad import value_and_grad as scaled_value_and_grad
 
 __all__ = ["PipelineModel", "value_and_grad"]
@@ -97,8 +98,7 @@ def value_and_grad(model: PipelineModel, params: dict[str, Any], batch: Any) -> 
                 batch,
             )
 
-        with ctx.without_fsdp():
-            return scaled_value_and_grad(loss)(params)
+        return loss_scaled_value_and_grad(loss, ctx)(params)
     if program.blocks != model.blocks:
         raise StepFnError.single(
             "TX508",
