@@ -183,6 +183,19 @@ def test_nnx_blocks_stacked_into_a_pipeline_model_match_one_device_under_dp_x_tp
     assert max_relative_error(jax.device_get(state.params), ref_params) < 1e-5
 
 
+def test_the_adapters_compute_what_the_stock_layers_do_outside_tensor_parallelism():
+    from titanax.nn.eqx_layers import RowParallelLinear as EqxRow
+    from titanax.nn.nnx_layers import RowParallelLinear as NnxRow
+
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    stock = nnx.Linear(8, 4, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(1))
+    adapter = NnxRow(8, 4, bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(1))
+    np.testing.assert_array_equal(np.asarray(adapter(x)), np.asarray(stock(x)))
+    linear = eqx.nn.Linear(8, 4, key=jax.random.PRNGKey(2))
+    row = EqxRow(8, 4, key=jax.random.PRNGKey(2))
+    np.testing.assert_allclose(np.asarray(jax.vmap(row)(x)), np.asarray(jax.vmap(linear)(x)), rtol=1e-6)
+
+
 def test_a_stock_nnx_linear_as_the_row_parallel_layer_is_refused_with_the_adapter_named():
     loss_fn, params = nnx_mlp("stock")
     plan = tx.Plan(data_parallel=tx.DP(axis="data"), tensor_parallel=NNX_TP)
